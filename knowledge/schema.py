@@ -1,0 +1,130 @@
+"""Schema of the reference records kept as YAML data files under ``knowledge/data``.
+
+Every record has a stable id of the form ``<kind>.<snake_case_name>`` (for example
+``finding.pleural_effusion`` or ``anatomy.right_lower_lobe``). References between records are by id
+and are checked by :mod:`clinisynth.knowledge.validate`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RecordKind = Literal["anatomy", "finding", "sign", "modality", "technique"]
+Severity = Literal["mild", "moderate", "severe"]
+Side = Literal["left", "right", "bilateral"]
+
+ID_PATTERN = re.compile(r"^(anatomy|finding|sign|modality|technique)\.[a-z0-9]+(?:_[a-z0-9]+)*$")
+LABEL_PATTERN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
+
+
+class Codes(BaseModel):
+    """External codes, filled only where the code is known for certain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snomed_ct: str | None = Field(default=None, pattern=r"^\d{6,18}$")
+    radlex: str | None = Field(default=None, pattern=r"^RID\d+$")
+
+
+class Record(BaseModel):
+    """One reference concept: an anatomical structure, finding, imaging sign, modality or technique.
+
+    Args:
+        id: stable id ``<kind>.<name>``; the prefix must equal ``kind``.
+        kind: what the record describes.
+        term: preferred term, as a radiologist would write it.
+        synonyms: other words for the same concept (lower-case matching is applied at load time).
+        abbreviations: short forms (``RLL``, ``PTX``); matched case-sensitively when 2 letters or
+            fewer, case-insensitively otherwise.
+        modalities: ids of the modalities the concept appears in (empty for a modality record).
+        locations: for findings and signs, ids of the anatomy where it typically occurs.
+        signs: for findings, ids of the imaging signs that show it.
+        parent: id of a broader record of the same kind (``anatomy.right_lung`` for a lobe).
+        side: for anatomy that is intrinsically one-sided (``anatomy.right_lower_lobe``).
+        lateralized: whether the concept can be left, right or bilateral.
+        visual: per modality id, a description of how the concept looks in that modality; used for
+            the generator prompt.
+        severity: severity level -> words that express it for this finding (``small`` -> mild).
+        label: class label used for storage folders and classifiers (findings and modalities).
+        normal: true for the "no finding" record of a modality.
+        definition: one-sentence definition for reviewers.
+        codes: SNOMED CT / RadLex codes, only where certain.
+        technique_text: for modality / technique records, the sentence used in the report's
+            Technique section.
+        negative_prompt: for modality records, what the generator must avoid.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: RecordKind
+    term: str = Field(min_length=1)
+    synonyms: list[str] = Field(default_factory=list)
+    abbreviations: list[str] = Field(default_factory=list)
+    modalities: list[str] = Field(default_factory=list)
+    locations: list[str] = Field(default_factory=list)
+    signs: list[str] = Field(default_factory=list)
+    parent: str | None = None
+    side: Side | None = None
+    lateralized: bool = False
+    visual: dict[str, str] = Field(default_factory=dict)
+    severity: dict[Severity, list[str]] = Field(default_factory=dict)
+    label: str | None = None
+    normal: bool = False
+    definition: str | None = None
+    codes: Codes = Field(default_factory=Codes)
+    technique_text: str | None = None
+    negative_prompt: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not ID_PATTERN.match(value):
+            raise ValueError(
+                f"id {value!r} must look like '<kind>.<snake_case_name>' with kind one of "
+                "anatomy, finding, sign, modality, technique"
+            )
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label_shape(cls, value: str | None) -> str | None:
+        if value is not None and not LABEL_PATTERN.match(value):
+            raise ValueError(f"label {value!r} must be snake_case ascii (it becomes a folder name)")
+        return value
+
+    @field_validator("synonyms", "abbreviations")
+    @classmethod
+    def _no_blank_terms(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.strip():
+                raise ValueError("synonyms and abbreviations must not contain blank strings")
+        return values
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> "Record":
+        prefix = self.id.split(".", 1)[0]
+        if prefix != self.kind:
+            raise ValueError(f"id {self.id!r} has prefix {prefix!r} but kind is {self.kind!r}")
+        if self.kind == "finding" and self.label is None:
+            raise ValueError(f"finding {self.id!r} needs a label (the storage / classifier class)")
+        if self.kind == "modality" and self.label is None:
+            raise ValueError(f"modality {self.id!r} needs a label (the storage folder name)")
+        if self.kind in ("finding", "sign") and not self.modalities:
+            raise ValueError(f"{self.kind} {self.id!r} must list at least one modality")
+        if self.normal and self.kind != "finding":
+            raise ValueError(f"only findings can be marked normal, not {self.id!r}")
+        return self
+
+
+class KnowledgeFile(BaseModel):
+    """One YAML data file: a header plus its records."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    description: str = ""
+    records: list[Record]
