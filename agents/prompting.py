@@ -1,0 +1,178 @@
+"""The one prompt builder that inference and training captions share.
+
+Inference (:func:`build_prompt`, called by the planner with the findings read from a request) and
+training (:func:`caption_for_label`, called by dataset preparation to caption each image from its
+class label) both end in :func:`build_prompt`, so the generator is trained on the same phrasing it
+is later prompted with.
+
+Prompt layout (most important first, because text encoders truncate at 77 tokens)::
+
+    <modality term>, <technique terms>, <finding phrases>. <visual descriptions>
+
+A finding phrase is ``[possible ][severity ][side ]<term>[ in <locations>][ (<grade>)]``. Absent
+findings never enter the prompt: they go to the negative prompt, after the modality's own
+``negative_prompt``.
+
+The ``label`` (the storage class folder) is the label of the first present finding in text order:
+the request's own ordering is how radiologists put the main finding first, and "most severe"
+would flip between findings that have no severity. With no present finding it is the first
+uncertain finding's label; with neither (a normal study, or nothing stated) it is the label of the
+modality's normal record, or ``normal`` when the knowledge base has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from clinisynth.agents.plan import Concept, Finding
+from clinisynth.knowledge import KnowledgeBase
+
+#: Folder name of a normal study when the modality has no normal record.
+NORMAL_LABEL = "normal"
+
+
+@dataclass(frozen=True)
+class PromptBundle:
+    """What the generator gets: positive prompt, negative prompt and the class label for storage."""
+
+    prompt: str
+    negative_prompt: str
+    label: str
+
+
+def _finding_phrase(finding: Finding) -> str:
+    words: list[str] = []
+    if finding.status == "uncertain":
+        words.append("possible")
+    if finding.severity:
+        words.append(finding.severity)
+    if finding.laterality:
+        words.append(finding.laterality)
+    words.append(finding.term)
+    phrase = " ".join(words)
+    if finding.location:
+        # A lobe already says the side; keep the location terms as they are written in the records.
+        phrase += " in the " + " and ".join(concept.term for concept in finding.location)
+    if finding.grade:
+        phrase += f" ({finding.grade})"
+    return phrase
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        item = item.strip()
+        if item and item.lower() not in (s.lower() for s in seen):
+            seen.append(item)
+    return seen
+
+
+def _main_label(knowledge: KnowledgeBase, modality_id: str | None, findings: list[Finding], normal_study: bool) -> str:
+    if not normal_study:
+        for status in ("present", "uncertain"):
+            for finding in sorted(findings, key=lambda f: f.start):
+                if finding.status == status:
+                    return finding.label
+    normal = knowledge.normal_finding_for(modality_id) if modality_id else None
+    return normal.label if normal is not None and normal.label else NORMAL_LABEL
+
+
+def build_prompt(
+    *,
+    knowledge: KnowledgeBase,
+    modality_id: str | None,
+    findings: Iterable[Finding],
+    normal_study: bool,
+    technique: Iterable[Concept] = (),
+) -> PromptBundle:
+    """Build the generator prompt, negative prompt and storage label.
+
+    Args:
+        knowledge: the reference records (modality terms, visual descriptions, negative prompts).
+        modality_id: the modality record id, or ``None`` when it cannot be told.
+        findings: findings with status; present and uncertain ones are drawn, absent ones avoided.
+        normal_study: the request describes a normal study (no present finding is drawn).
+        technique: technique concepts (projection, sequence) to name after the modality.
+
+    Returns:
+        A :class:`PromptBundle`.
+
+    Raises:
+        KeyError: ``modality_id`` is not a record of ``knowledge``.
+    """
+    findings = sorted(findings, key=lambda f: f.start)
+    modality = knowledge.get(modality_id) if modality_id else None
+    drawn = [f for f in findings if f.status in ("present", "uncertain")] if not normal_study else []
+    absent = [f for f in findings if f.status == "absent"]
+
+    head = _unique([modality.term if modality else "medical image", *(c.term for c in technique)])
+    visuals: list[str] = []
+    if drawn:
+        head += _unique(_finding_phrase(f) for f in drawn)
+        for finding in drawn:
+            record = knowledge.by_id.get(finding.id)
+            if record is not None and modality_id and record.visual.get(modality_id):
+                visuals.append(record.visual[modality_id].strip().rstrip("."))
+    else:
+        normal = knowledge.normal_finding_for(modality_id) if modality_id else None
+        head.append("normal study, no abnormality")
+        if normal is not None and modality_id and normal.visual.get(modality_id):
+            visuals.append(normal.visual[modality_id].strip().rstrip("."))
+    prompt = ", ".join(head)
+    visuals = _unique(visuals)
+    if visuals:
+        prompt += ". " + ". ".join(visuals)
+
+    negatives = [modality.negative_prompt] if modality is not None and modality.negative_prompt else []
+    negatives += [f.term for f in absent if f.id not in {d.id for d in drawn}]
+    return PromptBundle(
+        prompt=prompt,
+        negative_prompt=", ".join(_unique(negatives)),
+        label=_main_label(knowledge, modality_id, findings, normal_study),
+    )
+
+
+def _records_for_label(knowledge: KnowledgeBase, modality_id: str, label: str) -> list:
+    return [record for record in knowledge.findings_for(modality_id) if record.label == label]
+
+
+def caption_for_label(*, knowledge: KnowledgeBase, modality_id: str, label: str) -> str:
+    """Caption a training image of class ``label`` through the same builder as inference.
+
+    Args:
+        knowledge: the reference records.
+        modality_id: modality record id (``modality.chest_xray``).
+        label: the class label (a finding record's ``label``, the normal record's label, or ``normal``).
+
+    Returns:
+        The generator prompt for one present finding of that class (or a normal study).
+
+    Raises:
+        ValueError: the modality is unknown, or no finding of that modality has this label (the
+            message lists the labels that exist).
+    """
+    if modality_id not in knowledge.by_id or knowledge.by_id[modality_id].kind != "modality":
+        covered = ", ".join(record.id for record in knowledge.modalities)
+        raise ValueError(f"unknown modality {modality_id!r}; covered modalities: {covered}")
+    normal = knowledge.normal_finding_for(modality_id)
+    if label == NORMAL_LABEL or (normal is not None and label == normal.label):
+        return build_prompt(knowledge=knowledge, modality_id=modality_id, findings=[], normal_study=True).prompt
+    candidates = _records_for_label(knowledge, modality_id, label)
+    if not candidates:
+        known = sorted({r.label for r in knowledge.findings_for(modality_id) if r.label} | {NORMAL_LABEL})
+        raise ValueError(
+            f"no finding of {modality_id} has label {label!r}; labels of that modality: {', '.join(known)}"
+        )
+    # Several records may share a class (e.g. a sign-level record); the one named like the class is canonical.
+    record = next((r for r in candidates if r.id.split(".", 1)[1] == label), candidates[0])
+    finding = Finding(
+        id=record.id,
+        term=record.term,
+        label=label,
+        status="present",
+        evidence=record.term,
+        start=0,
+        end=len(record.term),
+    )
+    return build_prompt(knowledge=knowledge, modality_id=modality_id, findings=[finding], normal_study=False).prompt

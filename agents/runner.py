@@ -1,0 +1,152 @@
+"""One generation run: validate, run the graph with a SQLite checkpointer, write the trace."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from clinisynth.agents.context import Services
+from clinisynth.agents.graph import build_graph, recursion_limit
+from clinisynth.agents.planner import PlanError, Planner
+from clinisynth.agents.state import GraphState
+
+TRACE_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    Args:
+        run_id: the run's id (its folder under ``OUT/runs``).
+        status: ``complete`` (all images stored), ``partial``, or ``failed`` (none passed).
+        stored: ordered-storage file names, relative to the output dir.
+        trace_path: ``OUT/runs/<run_id>/trace.json``.
+        trace: the trace as written.
+    """
+
+    run_id: str
+    status: str
+    stored: list[str]
+    trace_path: Path
+    trace: dict[str, Any]
+
+
+def new_run_id() -> str:
+    """Sortable and unique across processes: UTC time plus random hex."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+
+
+def validate_run_arguments(*, n_images: int, steps: int, guidance: float, max_rounds: int, max_images: int) -> None:
+    """Reject impossible numbers before anything is loaded or written."""
+    if n_images < 1:
+        raise PlanError(f"-n must be at least 1, got {n_images}")
+    if n_images > max_images:
+        raise PlanError(f"-n is {n_images}, more than the limit of {max_images}; raise CLINISYNTH_MAX_IMAGES")
+    if not 1 <= steps <= 1000:
+        raise PlanError(f"--steps must be between 1 and 1000, got {steps}")
+    if not 0.0 <= guidance <= 30.0:
+        raise PlanError(f"--guidance must be between 0 and 30, got {guidance}")
+    if not 1 <= max_rounds <= 20:
+        raise PlanError(f"--max-rounds must be between 1 and 20, got {max_rounds}")
+
+
+def run_generation(
+    *,
+    planner: Planner,
+    generator,
+    storage,
+    request: str,
+    n_images: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    max_rounds: int,
+    profile: str,
+    run_id: str | None = None,
+    sanity_thresholds=None,
+    on_progress: Callable[[str, dict], None] | None = None,
+) -> RunResult:
+    """Run the graph once and file what passes.
+
+    The plan is checked before the run folder is created, so a description that cannot be planned
+    leaves nothing behind. Every node's event, every attempt (accepted or not) and the final status
+    go to ``runs/<run_id>/trace.json``, also when the run fails half-way.
+
+    Raises:
+        PlanError: the description cannot be planned or names no modality.
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    plan = planner.plan(request)
+    if plan.modality is None:
+        raise PlanError(
+            f"cannot tell the imaging modality of {request[:80]!r}; name one of: {planner.covered_modalities()}"
+        )
+    run_id = run_id or new_run_id()
+    run_dir = Path(storage.root) / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    services = Services(
+        planner=planner,
+        generator=generator,
+        storage=storage,
+        run_dir=run_dir,
+        sanity_thresholds=sanity_thresholds,
+        on_progress=on_progress or (lambda event, info: None),
+    )
+    initial = GraphState(
+        request=request.strip(), run_id=run_id, n_images=n_images, seed=seed,
+        steps=steps, guidance=guidance, max_rounds=max_rounds,
+    )
+    trace: dict[str, Any] = {
+        "format": TRACE_FORMAT,
+        "run_id": run_id,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "request": request,
+        "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
+                       "max_rounds": max_rounds, "profile": profile},
+        "models": dict(generator.model_ids),
+        "knowledge_version": planner.knowledge.version,
+    }
+    connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
+    try:
+        graph = build_graph(checkpointer=SqliteSaver(connection))
+        config = {"configurable": {"thread_id": run_id}, "recursion_limit": recursion_limit(max_rounds)}
+        try:
+            final = graph.invoke(initial, config=config, context=services, durability="sync", version="v2")
+            state = GraphState.model_validate(final.value if hasattr(final, "value") else final)
+        except BaseException as error:
+            snapshot = graph.get_state(config).values
+            state = GraphState.model_validate(snapshot) if snapshot else initial
+            trace.update(_state_trace(state), status="failed", error=f"{type(error).__name__}: {error}")
+            storage.write_trace(run_id, trace)
+            raise
+    finally:
+        connection.close()
+    trace.update(_state_trace(state))
+    trace_path = storage.write_trace(run_id, trace)
+    return RunResult(run_id=run_id, status=state.status, stored=list(state.stored), trace_path=trace_path, trace=trace)
+
+
+def _state_trace(state: GraphState) -> dict[str, Any]:
+    rejected = [a for a in state.attempts if a["verdict"] == "rejected"]
+    given_up = sorted({a["slot"] for a in state.attempts} - {a["slot"] for a in state.attempts if a["verdict"] == "accepted"})
+    return {
+        "status": state.status,
+        "rounds": state.round,
+        "plan": state.plan,
+        "events": state.events,
+        "attempts": state.attempts,
+        "stored": state.stored,
+        "summary": {
+            "requested": state.n_images,
+            "stored": len(state.stored),
+            "attempts": len(state.attempts),
+            "rejected": len(rejected),
+            "given_up_slots": given_up,
+        },
+    }

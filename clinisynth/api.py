@@ -1,0 +1,118 @@
+"""Python API: ``plan`` and ``generate``, built from :class:`~clinisynth.settings.Settings`.
+
+The planner (knowledge, retrieval index, matchers) is built once per process and settings, so
+``plan`` on a warm process costs only the reasoning itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from clinisynth.settings import Settings
+
+_planners: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def _quiet_model_loading() -> None:
+    # Weight-loading progress bars and hub notices are noise for a CLI that prints JSON.
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def get_planner(settings: Settings | None = None):
+    """The process-wide :class:`~clinisynth.agents.planner.Planner` for these settings."""
+    settings = settings or Settings()
+    key = (settings.knowledge_dir, settings.embedder, settings.cache_dir, settings.retrieval_threshold,
+           settings.max_request_chars)
+    with _lock:
+        if key not in _planners:
+            from clinisynth.agents.planner import Planner
+            from clinisynth.knowledge import DEFAULT_DATA_DIR, load_knowledge
+            from clinisynth.retrieval import Retriever
+
+            _quiet_model_loading()
+            knowledge = load_knowledge(settings.knowledge_dir or DEFAULT_DATA_DIR)
+            retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder)
+            _planners[key] = Planner(
+                knowledge=knowledge,
+                retriever=retriever,
+                retrieval_threshold=settings.retrieval_threshold,
+                max_request_chars=settings.max_request_chars,
+            )
+        return _planners[key]
+
+
+def plan(text: str, *, settings: Settings | None = None):
+    """Structured plan of a free-text description (the contract of ``clinisynth plan --json``).
+
+    Raises:
+        clinisynth.agents.planner.PlanError: empty, over-long or non-medical text, or an uncovered modality.
+    """
+    return get_planner(settings).plan(text)
+
+
+def load_generator(*, profile: str, settings: Settings | None = None):
+    """Load the generator of a model profile (builds the tiny one on first use)."""
+    from clinisynth.generation.pipeline import Generator
+    from clinisynth.generation.profiles import resolve_profile
+
+    settings = settings or Settings()
+    resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
+    _quiet_model_loading()
+    return Generator.from_profile(resolved), resolved
+
+
+def generate(
+    text: str,
+    *,
+    out: Path | str,
+    n: int = 4,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    max_rounds: int | None = None,
+    profile: str | None = None,
+    settings: Settings | None = None,
+    on_progress=None,
+):
+    """Generate ``n`` verified images of ``text`` into ordered storage under ``out``.
+
+    Everything that can be checked is checked before anything is written: the numbers, the output
+    dir, the plan and the model profile.
+
+    Returns:
+        :class:`clinisynth.agents.runner.RunResult`.
+    """
+    from clinisynth.agents.runner import run_generation, validate_run_arguments
+    from clinisynth.generation.profiles import resolve_profile
+    from clinisynth.generation.storage import OrderedStorage, check_output_dir
+
+    settings = settings or Settings()
+    profile = profile or settings.profile
+    max_rounds = max_rounds or settings.max_rounds
+    resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
+    steps = steps if steps is not None else resolved.default_steps
+    guidance = guidance if guidance is not None else resolved.default_guidance
+    validate_run_arguments(n_images=n, steps=steps, guidance=guidance, max_rounds=max_rounds,
+                           max_images=settings.max_images)
+    check_output_dir(Path(out))
+    planner = get_planner(settings)
+    planner.plan(text)
+    generator, _ = load_generator(profile=profile, settings=settings)
+    return run_generation(
+        planner=planner,
+        generator=generator,
+        storage=OrderedStorage(Path(out)),
+        request=text,
+        n_images=n,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        max_rounds=max_rounds,
+        profile=profile,
+        on_progress=on_progress,
+    )

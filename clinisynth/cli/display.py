@@ -1,0 +1,83 @@
+"""Rich rendering of plans, traces and generation progress for people (JSON is for programs)."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def show_plan(plan, console: Console | None = None) -> None:
+    console = console or Console()
+    modality = f"{plan.modality.term} ({plan.modality.id})" if plan.modality else "unknown"
+    if plan.modality_inferred:
+        modality += " [inferred from the findings]"
+    console.print(f"[bold]modality[/bold] {modality}   [bold]label[/bold] {plan.label}")
+    table = Table("finding", "status", "side", "location", "severity", "evidence", title="findings")
+    for finding in plan.findings:
+        table.add_row(finding.term, finding.status, finding.laterality or "", ", ".join(c.term for c in finding.location),
+                      finding.severity or "", finding.evidence)
+    console.print(table)
+    report = plan.report
+    console.print(Panel(f"[bold]History[/bold] {report.history}\n[bold]Technique[/bold] {report.technique}\n"
+                        f"[bold]Findings[/bold] {report.findings}\n[bold]Impression[/bold] {report.impression}",
+                        title="report"))
+    console.print(f"[bold]prompt[/bold] {plan.prompt}\n[bold]negative[/bold] {plan.negative_prompt}")
+    for line in [*plan.conflicts]:
+        console.print(f"[yellow]conflict[/yellow] {line}")
+    for line in plan.notes:
+        console.print(f"[dim]note[/dim] {line}")
+
+
+def _short(value, limit: int = 160) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show_trace(trace: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"[bold]run[/bold] {trace['run_id']}  {trace.get('created_at', '')}  status {trace.get('status')}")
+    console.print(f"[bold]request[/bold] {trace.get('request')}")
+    console.print(f"[bold]parameters[/bold] {_short(trace.get('parameters'), 400)}")
+    if trace.get("error"):
+        console.print(f"[red]error[/red] {trace['error']}")
+    events = Table("#", "node", "round", "ms", "input", "output", title="nodes")
+    for number, event in enumerate(trace.get("events", []), start=1):
+        events.add_row(str(number), event["node"], str(event.get("round", "")), f"{event['elapsed_ms']:.1f}",
+                       _short(event.get("input")), _short(event.get("output")))
+    console.print(events)
+    attempts = Table("slot", "round", "seed", "steps", "verdict", "reasons", "action", "candidate", title="attempts")
+    for attempt in trace.get("attempts", []):
+        style = "green" if attempt["verdict"] == "accepted" else "red"
+        attempts.add_row(str(attempt["slot"]), str(attempt["round"]), str(attempt["seed"]), str(attempt["steps"]),
+                         f"[{style}]{attempt['verdict']}[/{style}]", "; ".join(attempt.get("reasons", [])),
+                         attempt.get("action") or "", attempt["path"])
+    console.print(attempts)
+    for name in trace.get("stored", []):
+        console.print(f"stored {name}")
+
+
+class GenerationProgress:
+    """Progress of a run: which node is running and how many images of this round are done."""
+
+    def __init__(self, *, console: Console, total: int) -> None:
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+        self._task = self._progress.add_task("planning", total=total)
+
+    def __enter__(self) -> "GenerationProgress":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, event: str, info: dict) -> None:
+        if event == "node":
+            self._progress.update(self._task, description=f"{info['node']} done ({info['elapsed_ms']:.0f} ms)")
+        elif event == "image":
+            self._progress.update(self._task, description=f"round {info['round']}: generating",
+                                  completed=info["done"], total=info["total"])

@@ -1,0 +1,84 @@
+"""``clinisynth knowledge validate | build-index | search``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from clinisynth.cli.errors import user_errors
+
+app = typer.Typer(help="Check, index and search the knowledge base.", no_args_is_help=True)
+
+DirOption = Annotated[Optional[Path], typer.Option("--dir", help="knowledge folder (default: the packaged one)")]
+
+
+def _knowledge_dir(directory: Path | None) -> Path:
+    from clinisynth.knowledge import DEFAULT_DATA_DIR
+    from clinisynth.settings import Settings
+
+    return directory or Settings().knowledge_dir or DEFAULT_DATA_DIR
+
+
+@app.command()
+def validate(directory: DirOption = None) -> None:
+    """Check every record against the schema and that every reference resolves."""
+    from collections import Counter
+
+    with user_errors():
+        from clinisynth.knowledge import load_knowledge
+
+        knowledge = load_knowledge(_knowledge_dir(directory))
+    kinds = Counter(record.kind for record in knowledge.records)
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    typer.echo(f"ok: {len(knowledge.records)} records ({summary}), version {knowledge.version}, "
+               f"hash {knowledge.content_hash[:12]}")
+
+
+@app.command("build-index")
+def build_index(
+    directory: DirOption = None,
+    rebuild: Annotated[bool, typer.Option(help="rebuild even when a cached index matches")] = False,
+) -> None:
+    """Build (or reuse) the FAISS index for the current knowledge content."""
+    import time
+
+    with user_errors():
+        from clinisynth.api import _quiet_model_loading
+        from clinisynth.knowledge import load_knowledge
+        from clinisynth.retrieval import Retriever
+        from clinisynth.settings import Settings
+
+        settings = Settings()
+        _quiet_model_loading()
+        knowledge = load_knowledge(_knowledge_dir(directory))
+        started = time.perf_counter()
+        retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder,
+                                   rebuild=rebuild)
+    typer.echo(f"index: {retriever.index.ntotal} phrases of {len(knowledge.records)} records at {retriever.cache_dir} "
+               f"({time.perf_counter() - started:.1f} s)")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="words to look up")],
+    k: Annotated[int, typer.Option("-k", help="number of records")] = 5,
+    kind: Annotated[Optional[list[str]], typer.Option(help="restrict to a kind (repeatable)")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="restrict to a modality id, e.g. modality.chest_xray")] = None,
+    directory: DirOption = None,
+) -> None:
+    """Nearest knowledge records to QUERY by embedding similarity."""
+    with user_errors():
+        from clinisynth.api import _quiet_model_loading
+        from clinisynth.knowledge import load_knowledge
+        from clinisynth.retrieval import Retriever
+        from clinisynth.settings import Settings
+
+        settings = Settings()
+        _quiet_model_loading()
+        knowledge = load_knowledge(_knowledge_dir(directory))
+        retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder)
+        hits = retriever.search(query, k=k, kinds=kind, modality=modality)
+    for hit in hits:
+        typer.echo(f"{hit.score:.3f}  {hit.id:45s} {knowledge.get(hit.id).term}  (matched: {hit.text})")

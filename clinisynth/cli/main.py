@@ -1,0 +1,120 @@
+"""The ``clinisynth`` command. Only typer is imported here: ``--help`` stays fast, models load per command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from clinisynth.cli import knowledge as knowledge_commands
+from clinisynth.cli import trace as trace_commands
+from clinisynth.cli.errors import fail, user_errors
+
+app = typer.Typer(
+    name="clinisynth",
+    help="Free-text clinical descriptions to verified, labelled synthetic medical images, with an auditable trace.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(knowledge_commands.app, name="knowledge")
+app.add_typer(trace_commands.app, name="trace")
+
+
+def _register_prepare() -> None:
+    try:
+        from clinisynth.cli.prepare import prepare
+    except ImportError:  # the preparation command is optional while it is being built
+        return
+    app.command("prepare", help="Raw medical image folder / CSV / MedMNIST npz -> clean, de-identified PNG dataset.")(prepare)
+
+
+_register_prepare()
+
+
+@app.command()
+def plan(
+    text: Annotated[Optional[str], typer.Argument(help="free-text clinical description")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON (the documented contract)")] = False,
+    jsonl: Annotated[
+        Optional[Path], typer.Option(help="file with one description per line; writes one JSON object per line")
+    ] = None,
+) -> None:
+    """Show the structured plan (findings, report, prompt, label) of a description."""
+    if (text is None) == (jsonl is None):
+        fail("give either a description TEXT or --jsonl FILE, not both and not neither")
+    with user_errors():
+        from clinisynth.api import get_planner
+
+        if jsonl is not None:
+            _plan_lines(jsonl)
+            return
+        result = get_planner().plan(text)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        from clinisynth.cli.display import show_plan
+
+        show_plan(result)
+
+
+def _plan_lines(path: Path) -> None:
+    from clinisynth.agents.planner import PlanError
+    from clinisynth.api import get_planner
+
+    if not path.is_file():
+        fail(f"--jsonl file {path} does not exist")
+    planner = get_planner()
+    failures = 0
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            text = line.rstrip("\n")
+            if not text.strip():
+                continue
+            try:
+                record = planner.plan(text).model_dump(mode="json")
+            except PlanError as error:
+                failures += 1
+                record = {"request": text, "line": number, "error": str(error)}
+            sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+    if failures:
+        typer.echo(f"error: {failures} line(s) of {path} could not be planned (see their 'error' field)", err=True)
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def generate(
+    text: Annotated[str, typer.Argument(help="free-text clinical description")],
+    n: Annotated[int, typer.Option("-n", "--n", help="number of accepted images wanted")] = 4,
+    out: Annotated[Path, typer.Option(help="output dataset directory (ordered storage)")] = Path("clinisynth-out"),
+    seed: Annotated[int, typer.Option(help="base seed; image i uses seed + i")] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="sampler steps (profile default when unset)")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
+    max_rounds: Annotated[Optional[int], typer.Option(help="generate/verify/refine rounds before giving up")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="model profile: tiny, demo or full")] = None,
+) -> None:
+    """Plan, generate, verify and file images; every step is traced under OUT/runs/<run_id>/."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with user_errors():
+        from clinisynth.api import generate as run
+        from clinisynth.cli.display import GenerationProgress
+
+        with GenerationProgress(console=console, total=n) as progress:
+            result = run(text, out=out, n=n, seed=seed, steps=steps, guidance=guidance, max_rounds=max_rounds,
+                         profile=profile, on_progress=progress.update)
+    console.print(f"run {result.run_id}: {result.status}, stored {len(result.stored)} of {n} image(s) in {out}")
+    for name in result.stored:
+        typer.echo(str(Path(out) / name))
+    console.print(f"trace: {result.trace_path}")
+    if result.status == "failed":
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app()

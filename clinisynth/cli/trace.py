@@ -1,0 +1,75 @@
+"""``clinisynth trace list | show``: what each node received, decided and how long it took."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clinisynth.cli.errors import fail
+
+app = typer.Typer(help="Review the traces of generation runs.", no_args_is_help=True)
+
+
+def _traces(directory: Path) -> list[tuple[Path, dict]]:
+    runs = directory / "runs"
+    if not directory.is_dir():
+        fail(f"{directory} is not a directory; give the output dir of a 'clinisynth generate' run")
+    found = []
+    for path in sorted(runs.glob("*/trace.json")):
+        try:
+            found.append((path, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, json.JSONDecodeError) as error:
+            typer.echo(f"warning: unreadable trace {path}: {error}", err=True)
+    return found
+
+
+@app.command("list")
+def list_runs(directory: Annotated[Path, typer.Argument(help="output dir of generate runs")] = Path(".")) -> None:
+    """One line per run: id, time, status, stored / requested, rejected attempts, request."""
+    from rich.console import Console
+    from rich.table import Table
+
+    traces = _traces(directory)
+    if not traces:
+        typer.echo(f"no runs in {directory / 'runs'}")
+        return
+    table = Table("run id", "created", "status", "stored", "rejected", "request")
+    for _, trace in traces:
+        summary = trace.get("summary", {})
+        table.add_row(
+            trace["run_id"], trace.get("created_at", ""), trace.get("status", "?"),
+            f"{summary.get('stored', 0)}/{summary.get('requested', '?')}", str(summary.get("rejected", 0)),
+            trace.get("request", "")[:60],
+        )
+    Console().print(table)
+
+
+def _find_trace(run_id: str, directory: Path) -> Path:
+    given = Path(run_id)
+    for candidate in (given, given / "trace.json", directory / "runs" / run_id / "trace.json"):
+        if candidate.is_file():
+            return candidate
+    known = [path.parent.name for path, _ in _traces(directory)] if directory.is_dir() else []
+    fail(f"no run {run_id!r} in {directory / 'runs'}" + (f"; known runs: {', '.join(known[-5:])}" if known else
+                                                         "; pass --dir OUT_DIR"))
+    raise AssertionError  # unreachable: fail() exits
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="run id (or a path to its folder or trace.json)")],
+    directory: Annotated[Path, typer.Option("--dir", help="output dir that holds runs/")] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole trace as JSON")] = False,
+) -> None:
+    """Every node's input, output and timing, and every attempt with its verdict."""
+    path = _find_trace(run_id, directory)
+    trace = json.loads(path.read_text(encoding="utf-8"))
+    if as_json:
+        typer.echo(json.dumps(trace, indent=2))
+        return
+    from clinisynth.cli.display import show_trace
+
+    show_trace(trace)

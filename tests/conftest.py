@@ -1,0 +1,48 @@
+"""Shared fixtures. Tests run offline: nothing may reach a model hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (it sits beside the repository on project machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the session: the tiny pipeline and the retrieval index are built once."""
+    return tmp_path_factory.mktemp("clinisynth-cache")
+
+
+@pytest.fixture(scope="session")
+def knowledge():
+    from clinisynth.knowledge import load_knowledge
+
+    return load_knowledge()
+
+
+@pytest.fixture(scope="session")
+def retriever(knowledge, cache_dir):
+    from clinisynth.retrieval import Retriever
+
+    return Retriever.open(knowledge=knowledge, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def planner(knowledge, retriever):
+    from clinisynth.agents.planner import Planner
+
+    return Planner(knowledge=knowledge, retriever=retriever)
