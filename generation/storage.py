@@ -1,0 +1,424 @@
+"""Ordered storage: images filed by modality and label with per-class counters that are never reused.
+
+Layout (DESIGN.md), loadable with ``datasets.load_dataset("imagefolder", data_dir=OUT)``::
+
+    OUT/<modality>/<label>/<label>_000001.png
+    OUT/metadata.jsonl          one JSON object per image, ``file_name`` relative to OUT
+    OUT/manifest.csv            the same images as CSV rows (``img_savename``, ``prompt``, ``label``, ...)
+    OUT/runs/<run_id>/trace.json
+
+Several processes may write into one OUT at once: every store runs under an exclusive ``fcntl.flock`` on
+``OUT/.clinisynth.lock``, files are written to a temporary name and renamed into place, and the counters
+file remembers every number handed out, so a deleted image's number is not given again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+LOCK_NAME = ".clinisynth.lock"
+COUNTERS_NAME = ".clinisynth_counters.json"
+METADATA_NAME = "metadata.jsonl"
+MANIFEST_NAME = "manifest.csv"
+RUNS_DIR = "runs"
+TRACE_NAME = "trace.json"
+INDEX_DIGITS = 6
+
+#: Columns of a new manifest.csv; metadata keys outside these stay in metadata.jsonl only.
+MANIFEST_COLUMNS = (
+    "img_savename",
+    "file_name",
+    "prompt",
+    "negative_prompt",
+    "label",
+    "modality",
+    "seed",
+    "steps",
+    "guidance",
+    "run_id",
+    "model_profile",
+    "model_text_encoder",
+    "model_generator",
+    "adapters",
+    "created_at",
+)
+
+#: Keys :meth:`OrderedStorage.list_runs` copies from a trace into its summary when present.
+TRACE_SUMMARY_KEYS = ("status", "request", "label", "modality", "profile", "n_images", "started_at", "finished_at")
+
+_SAFE_NAME = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class StorageError(ValueError):
+    """The output directory cannot be used, or a name, image or metadata cannot be stored."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """Where :meth:`OrderedStorage.store` put an image.
+
+    Args:
+        path: absolute path of the PNG.
+        file_name: path relative to the storage root, as written in ``metadata.jsonl``.
+        index: the per-class counter value in the file name.
+    """
+
+    path: Path
+    file_name: str
+    index: int
+
+
+def check_output_dir(root: Path) -> Path:
+    """Check that ``root`` is, or can become, a writable directory, without creating it.
+
+    Call it before any work so a bad output dir fails with no partial output.
+
+    Args:
+        root: the output directory.
+
+    Returns:
+        ``root`` made absolute.
+
+    Raises:
+        StorageError: ``root`` (or a parent) is a file, or the nearest existing folder is not writable.
+    """
+    root = Path(root).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise StorageError(f"output dir {root} exists and is not a directory; choose another --out")
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"output dir {root} cannot be created: {existing} is a file; choose another --out")
+    try:
+        # A real write, not os.access: access() says yes to root on read-only mounts and no on some ACL setups.
+        descriptor, probe = tempfile.mkstemp(dir=existing, prefix=".clinisynth-write-check-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise StorageError(
+            f"output dir {root} is not writable ({existing}: {error.strerror}); choose another --out"
+        ) from error
+    return root
+
+
+def check_name(value: str, *, what: str) -> str:
+    """``value`` if it is a safe folder name (snake_case: lower-case letters, digits, single underscores).
+
+    Raises:
+        StorageError: naming ``what`` (``label``, ``modality``) and the bad value.
+    """
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or len(value) > 64:
+        raise StorageError(
+            f"{what} {value!r} is not a safe folder name: use snake_case (a-z, 0-9, single underscores, "
+            "at most 64 characters), e.g. 'pleural_effusion'"
+        )
+    return value
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a safe folder name (letters, digits, ``.``, ``_``, ``-``; no leading dot)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise StorageError(
+            f"run id {run_id!r} is not a safe folder name: use letters, digits, '.', '_' or '-' (at most 128), "
+            "not starting with '.'"
+        )
+    return run_id
+
+
+def _json_default(value: Any) -> Any:
+    # The few non-JSON types traces and metadata carry in practice; anything else is an error, not a repr.
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any, *, what: str, indent: int | None = None) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_json_default, indent=indent)
+    except (TypeError, ValueError) as error:
+        raise StorageError(
+            f"{what} cannot be written as JSON: {error} (NaN/inf and custom objects are refused)"
+        ) from error
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` (ending in a newline) and fsync; first drop a partial last line a crash left behind."""
+    with open(path, "a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                handle.seek(0)
+                keep = handle.read().rfind(b"\n") + 1
+                handle.truncate(keep)
+                warnings.warn(f"{path}: dropped a partial last line left by an interrupted write", RuntimeWarning,
+                              stacklevel=3)
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return json.dumps(value)
+    return _dumps(value, what="manifest value")
+
+
+class OrderedStorage:
+    """Files images under ``root`` (see the module docstring); safe across threads and processes.
+
+    Nothing is created until the first :meth:`store` or :meth:`write_trace`.
+
+    Args:
+        root: the output directory; checked with :func:`check_output_dir`.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = check_output_dir(root)
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.root / METADATA_NAME
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the lock
+
+    def _read_counters(self) -> dict[str, int]:
+        path = self.root / COUNTERS_NAME
+        if not path.exists():
+            return {}
+        try:
+            counters = json.loads(path.read_text())["counters"]
+            return {str(key): int(value) for key, value in counters.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise StorageError(
+                f"counters file {path} is damaged ({error}); restore it from a backup. Deleting it would let "
+                "numbers of deleted images be given out again"
+            ) from error
+
+    def _highest_on_disk(self, class_dir: Path, label: str) -> int:
+        pattern = re.compile(rf"{re.escape(label)}_(\d+)\.png")
+        highest = 0
+        if class_dir.is_dir():
+            for entry in os.scandir(class_dir):
+                match = pattern.fullmatch(entry.name)
+                if match:
+                    highest = max(highest, int(match.group(1)))
+        return highest
+
+    def next_index(self, *, modality: str, label: str) -> int:
+        """The number the next image of this class would get (a snapshot; :meth:`store` decides under the lock)."""
+        check_name(modality, what="modality")
+        check_name(label, what="label")
+        key = f"{modality}/{label}"
+        return max(self._read_counters().get(key, 0), self._highest_on_disk(self.root / modality / label, label)) + 1
+
+    def store(self, *, image, modality: str, label: str, metadata: dict) -> StoredImage:
+        """Write ``image`` as ``<modality>/<label>/<label>_NNNNNN.png`` and record it.
+
+        Args:
+            image: a ``PIL.Image.Image``.
+            modality: snake_case modality folder, e.g. ``chest_xray``.
+            label: snake_case class folder, e.g. ``pleural_effusion``.
+            metadata: JSON-serialisable fields for ``metadata.jsonl`` (prompt, seed, steps, guidance, model ids,
+                scores, run_id, ...); must not contain ``file_name``; ``label`` / ``modality`` must match if given.
+
+        Raises:
+            StorageError: bad names or metadata, or an image that cannot be encoded; nothing is written then.
+        """
+        from PIL import Image
+
+        check_name(modality, what="modality")
+        check_name(label, what="label")
+        if not isinstance(image, Image.Image):
+            raise StorageError(f"image must be a PIL.Image.Image, got {type(image).__name__}")
+        if not isinstance(metadata, dict):
+            raise StorageError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if "file_name" in metadata or "img_savename" in metadata:
+            raise StorageError("metadata must not set 'file_name' or 'img_savename': storage assigns them")
+        for key, value in (("label", label), ("modality", modality)):
+            if key in metadata and metadata[key] != value:
+                raise StorageError(f"metadata {key} {metadata[key]!r} differs from the {key} argument {value!r}")
+        # Everything that can fail is checked before a number is handed out.
+        _dumps(metadata, what="metadata")
+        buffer = io.BytesIO()
+        try:
+            image.save(buffer, format="PNG")
+        except (OSError, ValueError) as error:
+            raise StorageError(f"image cannot be encoded as PNG: {error}") from error
+        png = buffer.getvalue()
+
+        with self._locked():
+            class_dir = self.root / modality / label
+            class_dir.mkdir(parents=True, exist_ok=True)
+            counters = self._read_counters()
+            key = f"{modality}/{label}"
+            index = max(counters.get(key, 0), self._highest_on_disk(class_dir, label)) + 1
+            # Reserve the number before writing the image: a crash from here on skips it, never reuses it.
+            counters[key] = index
+            _write_atomically(self.root / COUNTERS_NAME, (_dumps({"version": 1, "counters": counters},
+                                                                  what="counters", indent=2) + "\n").encode())
+            name = f"{label}_{index:0{INDEX_DIGITS}d}.png"
+            path = class_dir / name
+            if path.exists():  # cannot happen while every writer takes the lock; never overwrite regardless
+                raise StorageError(f"{path} already exists; another tool writes into {self.root} without the lock")
+            _write_atomically(path, png)
+
+            file_name = f"{modality}/{label}/{name}"
+            record = {"file_name": file_name, **metadata, "label": label, "modality": modality}
+            record.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+            _append_durably(self.metadata_path, (_dumps(record, what="metadata") + "\n").encode())
+            self._append_manifest_row({"img_savename": file_name, **record})
+        return StoredImage(path=path, file_name=file_name, index=index)
+
+    def _append_manifest_row(self, row: dict) -> None:
+        path = self.manifest_path
+        columns = list(MANIFEST_COLUMNS)
+        new_file = not path.exists() or path.stat().st_size == 0
+        if not new_file:
+            # Keep the header the file already has (it may come from an older version).
+            with open(path, newline="", encoding="utf-8") as handle:
+                columns = next(csv.reader(handle), columns)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        if new_file:
+            writer.writeheader()
+        writer.writerow({column: _csv_value(row.get(column)) for column in columns})
+        _append_durably(path, text.getvalue().encode("utf-8"))
+
+    def read_metadata(self) -> list[dict]:
+        """Every record of ``metadata.jsonl``, in the order stored."""
+        if not self.metadata_path.exists():
+            return []
+        with open(self.metadata_path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    # Traces -------------------------------------------------------------------------------------------------
+
+    def trace_path(self, run_id: str) -> Path:
+        """``root/runs/<run_id>/trace.json``."""
+        return self.root / RUNS_DIR / check_run_id(run_id) / TRACE_NAME
+
+    def write_trace(self, run_id: str, trace: dict) -> Path:
+        """Write ``trace`` as ``runs/<run_id>/trace.json`` atomically (a reader sees the old or the new file whole).
+
+        Raises:
+            StorageError: unsafe run id, or a trace that is not JSON-serialisable.
+        """
+        path = self.trace_path(run_id)
+        if not isinstance(trace, dict):
+            raise StorageError(f"trace must be a dict, got {type(trace).__name__}")
+        data = (_dumps(trace, what=f"trace of run {run_id!r}", indent=2) + "\n").encode("utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, data)
+        return path
+
+    def read_trace(self, run_id: str) -> dict:
+        """The trace of ``run_id``.
+
+        Raises:
+            StorageError: no such run (the message lists the runs there are) or an unreadable trace.
+        """
+        path = self.trace_path(run_id)
+        if not path.is_file():
+            known = [run["run_id"] for run in self.list_runs()]
+            listing = ", ".join(known[-10:]) if known else "none"
+            raise StorageError(f"no trace for run {run_id!r} in {self.root}; runs there: {listing}")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise StorageError(f"trace {path} is not valid JSON: {error}") from error
+
+    def list_runs(self) -> list[dict]:
+        """One summary per run with a trace, oldest first.
+
+        Each summary has ``run_id``, ``path``, ``modified`` (ISO time), ``n_events`` and ``n_stored`` when the
+        trace has ``events`` / ``stored`` lists, the keys of :data:`TRACE_SUMMARY_KEYS` the trace has, and
+        ``error`` instead when the trace cannot be read.
+        """
+        runs_dir = self.root / RUNS_DIR
+        if not runs_dir.is_dir():
+            return []
+        summaries = []
+        for entry in runs_dir.iterdir():
+            path = entry / TRACE_NAME
+            if not _RUN_ID.fullmatch(entry.name) or not path.is_file():
+                continue
+            modified = path.stat().st_mtime
+            summary: dict[str, Any] = {
+                "run_id": entry.name,
+                "path": str(path),
+                "modified": datetime.fromtimestamp(modified, timezone.utc).isoformat(timespec="seconds"),
+            }
+            try:
+                trace = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                summary["error"] = f"unreadable trace: {error}"
+            else:
+                if isinstance(trace, dict):
+                    summary.update({key: trace[key] for key in TRACE_SUMMARY_KEYS if key in trace})
+                    for key in ("events", "stored"):
+                        if isinstance(trace.get(key), list):
+                            summary[f"n_{key}"] = len(trace[key])
+            summaries.append((modified, entry.name, summary))
+        return [summary for _, _, summary in sorted(summaries, key=lambda item: (item[0], item[1]))]
