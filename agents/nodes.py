@@ -144,11 +144,11 @@ def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
             reasons.append(f"sanity:{sanity.reason}")
         if digest in accepted_digests:
             reasons.append("duplicate:identical to an image accepted in this run")
+        # Signals without a model are named, never given a made-up value.
         attempt["scores"] = {
             "sanity": {k: float(v) for k, v in sanity.checks.items()},
             "sha256": digest,
-            "clip_score": "unavailable",
-            "classifier": "unavailable",
+            "unavailable": ["clip_score", "classifier", "memorisation"],
         }
         attempt["reasons"] = reasons
         attempt["verdict"] = "rejected" if reasons else "accepted"

@@ -41,15 +41,17 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
-def validate_run_arguments(*, n_images: int, steps: int, guidance: float, max_rounds: int, max_images: int) -> None:
-    """Reject impossible numbers before anything is loaded or written."""
+def validate_run_arguments(
+    *, n_images: int, steps: int | None, guidance: float | None, max_rounds: int, max_images: int
+) -> None:
+    """Reject impossible numbers before anything is loaded or written (``None``: the profile's default)."""
     if n_images < 1:
         raise PlanError(f"-n must be at least 1, got {n_images}")
     if n_images > max_images:
         raise PlanError(f"-n is {n_images}, more than the limit of {max_images}; raise CLINISYNTH_MAX_IMAGES")
-    if not 1 <= steps <= 1000:
+    if steps is not None and not 1 <= steps <= 1000:
         raise PlanError(f"--steps must be between 1 and 1000, got {steps}")
-    if not 0.0 <= guidance <= 30.0:
+    if guidance is not None and not 0.0 <= guidance <= 30.0:
         raise PlanError(f"--guidance must be between 0 and 30, got {guidance}")
     if not 1 <= max_rounds <= 20:
         raise PlanError(f"--max-rounds must be between 1 and 20, got {max_rounds}")

@@ -63,6 +63,9 @@ def load_generator(*, profile: str, settings: Settings | None = None):
     settings = settings or Settings()
     resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
     _quiet_model_loading()
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
     return Generator.from_profile(resolved), resolved
 
 
@@ -88,21 +91,23 @@ def generate(
         :class:`clinisynth.agents.runner.RunResult`.
     """
     from clinisynth.agents.runner import run_generation, validate_run_arguments
-    from clinisynth.generation.profiles import resolve_profile
+    from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError
     from clinisynth.generation.storage import OrderedStorage, check_output_dir
 
     settings = settings or Settings()
     profile = profile or settings.profile
     max_rounds = max_rounds or settings.max_rounds
-    resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
-    steps = steps if steps is not None else resolved.default_steps
-    guidance = guidance if guidance is not None else resolved.default_guidance
+    # Cheap checks first: nothing is loaded, built or written before the request is known to be sound.
+    if profile not in PROFILE_NAMES:
+        raise ProfileError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILE_NAMES)}")
     validate_run_arguments(n_images=n, steps=steps, guidance=guidance, max_rounds=max_rounds,
                            max_images=settings.max_images)
     check_output_dir(Path(out))
     planner = get_planner(settings)
     planner.plan(text)
-    generator, _ = load_generator(profile=profile, settings=settings)
+    generator, resolved = load_generator(profile=profile, settings=settings)
+    steps = steps if steps is not None else resolved.default_steps
+    guidance = guidance if guidance is not None else resolved.default_guidance
     return run_generation(
         planner=planner,
         generator=generator,

@@ -14,17 +14,12 @@ USAGE_EXIT_CODE = 2
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing model, not a bug (imported lazily)."""
     from clinisynth.agents.planner import PlanError
-    from clinisynth.generation.profiles import ProfileError
+    from clinisynth.generation.profiles import ModelNotFoundError, ProfileError
     from clinisynth.generation.storage import StorageError
     from clinisynth.knowledge import KnowledgeError
     from clinisynth.retrieval.embedder import EmbedderError
 
-    types: list[type[BaseException]] = [PlanError, KnowledgeError, EmbedderError, ProfileError, StorageError]
-    with contextlib.suppress(ImportError):
-        from clinisynth.generation.pipeline import ModelNotFoundError
-
-        types.append(ModelNotFoundError)
-    return tuple(types)
+    return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError)
 
 
 def fail(message: str) -> None:
