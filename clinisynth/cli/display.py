@@ -44,11 +44,12 @@ def show_trace(trace: dict, console: Console | None = None) -> None:
     console.print(f"[bold]parameters[/bold] {_short(trace.get('parameters'), 400)}")
     if trace.get("error"):
         console.print(f"[red]error[/red] {trace['error']}")
-    events = Table("#", "node", "round", "ms", "input", "output", title="nodes")
     for number, event in enumerate(trace.get("events", []), start=1):
-        events.add_row(str(number), event["node"], str(event.get("round", "")), f"{event['elapsed_ms']:.1f}",
-                       _short(event.get("input")), _short(event.get("output")))
-    console.print(events)
+        console.print(f"\n[bold cyan]{number}. {event['node']}[/bold cyan]  round {event.get('round', '')}  "
+                      f"{event['elapsed_ms']:.1f} ms  started {event.get('started_at', '')}")
+        for direction in ("input", "output"):
+            for key, value in (event.get(direction) or {}).items():
+                console.print(f"   {direction:6s} [bold]{key}[/bold]: {_short(value, 300)}", soft_wrap=True)
     attempts = Table("slot", "round", "seed", "steps", "verdict", "reasons", "action", "candidate", title="attempts")
     for attempt in trace.get("attempts", []):
         style = "green" if attempt["verdict"] == "accepted" else "red"

@@ -12,6 +12,7 @@ import typer
 from clinisynth.cli import knowledge as knowledge_commands
 from clinisynth.cli import trace as trace_commands
 from clinisynth.cli.errors import fail, user_errors
+from clinisynth.cli.prepare import prepare
 
 app = typer.Typer(
     name="clinisynth",
@@ -22,17 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(knowledge_commands.app, name="knowledge")
 app.add_typer(trace_commands.app, name="trace")
-
-
-def _register_prepare() -> None:
-    try:
-        from clinisynth.cli.prepare import prepare
-    except ImportError:  # the preparation command is optional while it is being built
-        return
-    app.command("prepare", help="Raw medical image folder / CSV / MedMNIST npz -> clean, de-identified PNG dataset.")(prepare)
-
-
-_register_prepare()
+app.command("prepare", help="Raw medical image folder / CSV / MedMNIST npz -> clean, de-identified PNG dataset.")(prepare)
 
 
 @app.command()

@@ -1,0 +1,39 @@
+"""Training captions: the manifest's text, or the reasoning's own prompt for the label when it has none.
+
+Inference prompts come from ``clinisynth.agents.prompting``; captioning unlabelled text with the same builder
+keeps training and inference speaking alike.
+"""
+
+from __future__ import annotations
+
+from clinisynth.training.data import ManifestRecord
+
+
+def captions_for(records: list[ManifestRecord], *, knowledge=None) -> list[str]:
+    """One caption per record.
+
+    Args:
+        records: manifest rows.
+        knowledge: a ``clinisynth.knowledge.KnowledgeBase``; needed only when some row has no text.
+
+    Raises:
+        ValueError: a row has no text and ``knowledge`` is ``None``, or its label is unknown to the knowledge base.
+    """
+    captions: list[str] = []
+    cache: dict[tuple[str, str], str] = {}
+    for record in records:
+        if record.text:
+            captions.append(record.text)
+            continue
+        if knowledge is None:
+            raise ValueError(
+                f"{record.path} has no caption text and no knowledge base was given to write one for label "
+                f"{record.label!r}; pass knowledge=clinisynth.knowledge.load_knowledge()"
+            )
+        key = (record.modality, record.label)
+        if key not in cache:
+            from clinisynth.agents.prompting import caption_for_label  # lazy: only rows without text need it
+
+            cache[key] = caption_for_label(knowledge=knowledge, modality_id=record.modality, label=record.label)
+        captions.append(cache[key])
+    return captions

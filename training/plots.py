@@ -1,0 +1,67 @@
+"""Pictures of a training run: the loss curve and a contact sheet of sample images (PNG, written atomically)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+
+
+def plot_loss_curve(path: Path, *, train: list[tuple[int, float]], validation: list[tuple[int, float]],
+                    title: str = "loss") -> Path:
+    """Write a PNG with the training loss (light) and the held-out validation loss (markers) against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    if train:
+        steps, values = zip(*train)
+        axis.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=0.8, label="train (per step)")
+        if len(values) >= 20:  # a running mean makes the trend readable
+            window = max(5, len(values) // 20)
+            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+            axis.plot(steps, smooth, color="tab:blue", linewidth=1.5, label=f"train (mean of {window})")
+    if validation:
+        steps, values = zip(*validation)
+        axis.plot(steps, values, color="tab:red", marker="o", linewidth=1.5, label="validation (held out)")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("noise-prediction MSE")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    _replace(tmp, path)
+    return path
+
+
+def contact_sheet(path: Path, images: list, *, columns: int = 4, labels: list[str] | None = None) -> Path:
+    """Tile PIL images (same size) into one PNG, ``columns`` per row, with an optional short label on each."""
+    from PIL import Image, ImageDraw
+
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    path = Path(path)
+    width, height = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    label_h = 12 if labels else 0
+    sheet = Image.new("RGB", (columns * width, rows * (height + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, image in enumerate(images):
+        x, y = (index % columns) * width, (index // columns) * (height + label_h)
+        sheet.paste(image.convert("RGB").resize((width, height)), (x, y + label_h))
+        if labels:
+            draw.text((x + 1, y), str(labels[index])[: max(1, width // 6)], fill="black")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    sheet.save(tmp, format="PNG")
+    _replace(tmp, path)
+    return path

@@ -1,0 +1,139 @@
+"""The OUT folder's bookkeeping: layout, the run marker, the journal, atomic writes.
+
+``OUT/_sensitive/`` holds everything that can name a source (paths, the id secret); the rest of
+OUT is free of source names and DICOM header values. The journal (``journal.jsonl``) gets one
+line per source, appended only after all of that source's PNGs are in place, so a re-run knows
+exactly what is done; the CSVs and reports are rebuilt from it and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+
+from clinisynth.training.prepare.discover import PrepareInputError
+
+SENSITIVE_DIR = "_sensitive"
+CONTACT_DIR = "_contact_sheets"
+MARKER = "prepare.json"
+JOURNAL = "journal.jsonl"
+SOURCE_MAP = "source_map.csv"
+TMP_SUFFIX = ".tmp"
+MARKER_VERSION = 1
+# Files and folders a prepare run writes at the top of OUT; anything else there means OUT is not ours.
+OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a hidden temp file beside ``path``, then ``os.replace``: readers never see half a file."""
+    temp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with temp.open("wb") as handle:
+        handle.write(data)
+    os.replace(temp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temp_files(out: Path) -> int:
+    """Delete temp files a killed run left behind; returns how many."""
+    removed = 0
+    for temp in out.rglob(f".*{TMP_SUFFIX}"):
+        temp.unlink()
+        removed += 1
+    return removed
+
+
+class RunState:
+    """The marker and journal of one OUT folder.
+
+    Args:
+        out: the output folder.
+        source: the resolved source (folder or ``.npz``).
+        fingerprint: options that decide the outputs; a re-run must match them.
+    """
+
+    def __init__(self, out: Path, *, source: Path, fingerprint: dict) -> None:
+        self.out = out
+        self.sensitive = out / SENSITIVE_DIR
+        self.source = source
+        self.fingerprint = fingerprint
+        self.secret = b""
+        self.records: dict[str, dict] = {}
+        self._journal = None
+
+    def open(self) -> None:
+        """Create or check the marker, then load the journal.
+
+        Raises:
+            PrepareInputError: OUT is a file, holds something that is not a prepare output, or was
+                prepared from another source or with other options.
+        """
+        if self.out.exists() and not self.out.is_dir():
+            raise PrepareInputError(f"OUT {self.out} is a file; give a folder")
+        marker_path = self.sensitive / MARKER
+        if marker_path.is_file():
+            marker = json.loads(marker_path.read_text(encoding="utf-8"))
+            if marker.get("source") != str(self.source):
+                raise PrepareInputError(
+                    f"OUT {self.out} holds a dataset prepared from another source; give a new OUT folder"
+                )
+            differing = sorted(k for k in set(marker.get("fingerprint", {})) | set(self.fingerprint) if marker["fingerprint"].get(k) != self.fingerprint.get(k))
+            if differing:
+                detail = ", ".join(f"{k}: {marker['fingerprint'].get(k)!r} then, {self.fingerprint.get(k)!r} now" for k in differing)
+                raise PrepareInputError(f"OUT {self.out} was prepared with other options ({detail}); use the same options or a new OUT folder")
+            self.secret = bytes.fromhex(marker["secret"])
+        else:
+            if self.out.is_dir():
+                foreign = sorted(p.name for p in self.out.iterdir())
+                if foreign:
+                    raise PrepareInputError(
+                        f"OUT {self.out} is not empty and is not a clinisynth prepare output (holds {', '.join(foreign[:5])}); "
+                        "give an empty or new folder"
+                    )
+            self.sensitive.mkdir(parents=True, exist_ok=True)
+            self.secret = secrets.token_bytes(32)
+            marker = {
+                "tool": "clinisynth prepare",
+                "version": MARKER_VERSION,
+                "source": str(self.source),
+                "fingerprint": self.fingerprint,
+                "secret": self.secret.hex(),
+                "note": "SENSITIVE: names the source; the secret links opaque ids to source paths. Do not share.",
+            }
+            atomic_write_text(marker_path, json.dumps(marker, indent=2))
+        self._load_journal()
+
+    def _load_journal(self) -> None:
+        path = self.sensitive / JOURNAL
+        if not path.is_file():
+            return
+        with path.open("rb") as handle:
+            for raw in handle:
+                try:
+                    record = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill: that source is simply redone
+                self.records[record["key"]] = record
+
+    def item_id(self, key: str) -> str:
+        """Opaque, stable id for a source: keyed hash of its name, so the name cannot be guessed back."""
+        return hmac.new(self.secret, key.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+    def append(self, record: dict) -> None:
+        """Record a finished source; call only after its PNGs are in place."""
+        if self._journal is None:
+            self._journal = (self.sensitive / JOURNAL).open("a", encoding="utf-8")
+        self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        self.records[record["key"]] = record
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
