@@ -89,6 +89,8 @@ def run_generation(
         raise PlanError(
             f"cannot tell the imaging modality of {request[:80]!r}; name one of: {planner.covered_modalities()}"
         )
+    # The check above parsed the text; forget it so the traced nodes time their real work.
+    planner.reasoner.forget(plan.request)
     run_id = run_id or new_run_id()
     run_dir = Path(storage.root) / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=False)

@@ -171,7 +171,7 @@ def test_knowledge_commands(runner):
     assert validated.exit_code == 0 and validated.stdout.startswith("ok: ")
     built = runner.invoke(app, ["knowledge", "build-index"])
     assert built.exit_code == 0 and "index:" in built.stdout
-    found = runner.invoke(app, ["knowledge", "search", "fluid around the lung", "-k", "3", "--kind", "finding"])
+    found = runner.invoke(app, ["knowledge", "search", "fluid in the pleural space", "-k", "3", "--kind", "finding"])
     assert found.exit_code == 0
     assert "finding.pleural_effusion" in found.stdout
 

@@ -191,6 +191,10 @@ class Reasoner:
         localization = self.localize(text)
         return localization, self.assess_pathology(text, localization)
 
+    def forget(self, text: str) -> None:
+        """Drop the cached analysis of ``text`` so the next step parses it again (and its time is real)."""
+        self._cache.pop(text, None)
+
     # ------------------------------------------------------------------ parsing
 
     def _analyze(self, text: str) -> _Analysis:

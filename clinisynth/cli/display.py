@@ -62,23 +62,37 @@ def show_trace(trace: dict, console: Console | None = None) -> None:
 
 
 class GenerationProgress:
-    """Progress of a run: which node is running and how many images of this round are done."""
+    """Progress of a run: which node is running and how many images of this round are done.
+
+    The bar appears with the first event of the run, so a request refused before any work prints
+    only its error.
+    """
 
     def __init__(self, *, console: Console, total: int) -> None:
-        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
-        self._task = self._progress.add_task("planning", total=total)
+        self._console = console
+        self._total = total
+        self._progress: Progress | None = None
+        self._task = None
 
     def __enter__(self) -> "GenerationProgress":
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._progress.__exit__(*exc)
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def _started(self) -> Progress:
+        if self._progress is None:
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), console=self._console)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("planning", total=self._total)
+        return self._progress
 
     def update(self, event: str, info: dict) -> None:
+        progress = self._started()
         if event == "node":
-            self._progress.update(self._task, description=f"{info['node']} done ({info['elapsed_ms']:.0f} ms)")
+            progress.update(self._task, description=f"{info['node']} done ({info['elapsed_ms']:.0f} ms)")
         elif event == "image":
-            self._progress.update(self._task, description=f"round {info['round']}: generating",
-                                  completed=info["done"], total=info["total"])
+            progress.update(self._task, description=f"round {info['round']}: generating",
+                            completed=info["done"], total=info["total"])

@@ -29,22 +29,16 @@ def _traces(directory: Path) -> list[tuple[Path, dict]]:
 @app.command("list")
 def list_runs(directory: Annotated[Path, typer.Argument(help="output dir of generate runs")] = Path(".")) -> None:
     """One line per run: id, time, status, stored / requested, rejected attempts, request."""
-    from rich.console import Console
-    from rich.table import Table
-
     traces = _traces(directory)
     if not traces:
         typer.echo(f"no runs in {directory / 'runs'}")
         return
-    table = Table("run id", "created", "status", "stored", "rejected", "request")
+    typer.echo(f"{'run id':26s}  {'created':25s}  {'status':8s}  {'stored':>7s}  {'rejected':>8s}  request")
     for _, trace in traces:
         summary = trace.get("summary", {})
-        table.add_row(
-            trace["run_id"], trace.get("created_at", ""), trace.get("status", "?"),
-            f"{summary.get('stored', 0)}/{summary.get('requested', '?')}", str(summary.get("rejected", 0)),
-            trace.get("request", "")[:60],
-        )
-    Console().print(table)
+        stored = f"{summary.get('stored', 0)}/{summary.get('requested', '?')}"
+        typer.echo(f"{trace['run_id']:26s}  {trace.get('created_at', ''):25s}  {trace.get('status', '?'):8s}  "
+                   f"{stored:>7s}  {summary.get('rejected', 0):>8}  {trace.get('request', '')[:70]}")
 
 
 def _find_trace(run_id: str, directory: Path) -> Path:

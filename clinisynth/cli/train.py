@@ -1,0 +1,192 @@
+"""``clinisynth train lora | scratch | vae``: adapters and small generators from prepared data.
+
+The lead mounts ``app`` as ``clinisynth train``. Only typer is imported here (``--help`` stays fast); torch,
+diffusers and accelerate load inside the commands. Bad input (a manifest with missing files, a checkpoint of
+another run, an out-of-range option) is one ``error:`` line and exit code 2, before anything is written.
+Multi-GPU / multi-node: run the same command under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from clinisynth.cli.errors import USAGE_EXIT_CODE
+
+app = typer.Typer(help="Train LoRA adapters and small from-scratch generators on prepared data.",
+                  no_args_is_help=True)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="dataset folder prepared by `clinisynth prepare` (manifest.csv)")]
+OutOpt = Annotated[Path, typer.Option("--output", help="run folder: metrics, loss_curve.png, samples.png, checkpoints")]
+StepsOpt = Annotated[int, typer.Option("--steps", help="optimizer steps")]
+ResumeOpt = Annotated[Optional[str], typer.Option("--resume", help="'latest' or a checkpoint folder of this run")]
+MinutesOpt = Annotated[Optional[float], typer.Option("--max-minutes", help="stop cleanly after this wall time")]
+
+
+@contextlib.contextmanager
+def _train_errors() -> Iterator[None]:
+    """User mistakes -> one line + exit 2; bugs keep their traceback."""
+    from clinisynth.cli.errors import user_error_types
+    from clinisynth.generation.adapters import AdapterError
+    from clinisynth.training.checkpoints import CheckpointError
+    from clinisynth.training.data import ManifestError
+
+    try:
+        yield
+    except (ManifestError, CheckpointError, AdapterError, FileNotFoundError, FileExistsError, ValueError,
+            *user_error_types()) as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.stderr.flush()
+        raise typer.Exit(code=USAGE_EXIT_CODE) from None
+
+
+def _labels(value: Optional[str]) -> Optional[list[str]]:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
+def _knowledge_if_needed(dataset: Path):
+    """The knowledge base, loaded only when some manifest row has no caption text."""
+    import csv
+
+    path = dataset / "manifest.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as handle:
+        if all((row.get("text") or "").strip() for row in csv.DictReader(handle)):
+            return None
+    from clinisynth.knowledge import load_knowledge
+
+    return load_knowledge()
+
+
+def _loop_settings(**values) -> dict:
+    if values.get("snr_gamma") is not None and values["snr_gamma"] <= 0:
+        values["snr_gamma"] = None  # 0 switches min-SNR weighting off
+    return values
+
+
+@app.command("lora")
+def lora(
+    data: DataOpt,
+    output: OutOpt,
+    profile: Annotated[str, typer.Option(help="model profile whose generator is adapted: tiny, demo, full")] = "demo",
+    adapter_dir: Annotated[Optional[Path], typer.Option(help="adapter folder to write (default OUTPUT/adapter)")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="comma-separated labels to train on (default: all)")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="modality id, e.g. modality.chest_xray")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="use at most this many manifest rows")] = None,
+    rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: rank)")] = None,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.0,
+    steps: StepsOpt = 500,
+    batch_size: Annotated[int, typer.Option(help="images per process per micro-batch")] = 4,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate")] = 1e-4,
+    gradient_accumulation: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16")] = "no",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="save memory in the U-Net")] = False,
+    snr_gamma: Annotated[float, typer.Option(help="min-SNR-gamma weighting; 0 for plain MSE")] = 5.0,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the LoRA weights, e.g. 0.999")] = None,
+    class_prompt: Annotated[Optional[str], typer.Option(help="prior preservation: class prompt")] = None,
+    num_class_images: Annotated[int, typer.Option(help="prior preservation: class images from the base")] = 0,
+    prior_loss_weight: Annotated[float, typer.Option(help="weight of the prior loss")] = 1.0,
+    validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 100,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 100,
+    resume: ResumeOpt = None,
+    max_minutes: MinutesOpt = None,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+) -> None:
+    """LoRA on the U-Net attention (to_q, to_k, to_v, to_out.0) of a profile's generator; text encoder frozen."""
+    with _train_errors():
+        from clinisynth.generation.profiles import resolve_profile
+        from clinisynth.settings import Settings
+        from clinisynth.training.lora import train_lora
+
+        settings = Settings()
+        resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
+        path = train_lora(
+            profile=resolved, dataset_dir=data, output_dir=output, adapter_dir=adapter_dir, labels=_labels(labels),
+            modality=modality, limit=limit, rank=rank, alpha=alpha, dropout=dropout,
+            settings_overrides=_loop_settings(
+                max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                gradient_accumulation_steps=gradient_accumulation, mixed_precision=mixed_precision,
+                gradient_checkpointing=gradient_checkpointing, snr_gamma=snr_gamma, ema_decay=ema_decay,
+                prior_loss_weight=prior_loss_weight, validation_every=validation_every,
+                checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed),
+            class_prompt=class_prompt, num_class_images=num_class_images, knowledge=_knowledge_if_needed(data),
+            log=typer.echo)
+    typer.echo(str(path))
+
+
+@app.command("scratch")
+def scratch(
+    data: DataOpt,
+    output: OutOpt,
+    vae: Annotated[Path, typer.Option(help="VAE folder from `clinisynth train vae` (OUTPUT/vae)")],
+    text_encoder: Annotated[Optional[str], typer.Option(help="BERT dir / hub id (default: the packaged MiniLM)")] = None,
+    pipeline_dir: Annotated[Optional[Path], typer.Option(
+        help="where the pipeline goes (default: <cache_dir>/models/demo-generator, the demo profile's generator)")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="comma-separated labels (default: all)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="use at most this many manifest rows")] = None,
+    steps: StepsOpt = 2000,
+    batch_size: Annotated[int, typer.Option(help="images per process per micro-batch")] = 16,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate")] = 5e-4,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16")] = "no",
+    snr_gamma: Annotated[float, typer.Option(help="min-SNR-gamma weighting; 0 for plain MSE")] = 5.0,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the U-Net weights, e.g. 0.99")] = 0.99,
+    max_length: Annotated[int, typer.Option(help="caption token length (kept for inference)")] = 64,
+    validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 200,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
+    data_attribution: Annotated[str, typer.Option(help="dataset licence / citation for the model card")] = "",
+    resume: ResumeOpt = None,
+    max_minutes: MinutesOpt = None,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+) -> None:
+    """A small text-conditioned U-Net from scratch in a small VAE's latent space, saved as an SD pipeline."""
+    with _train_errors():
+        from clinisynth.generation.profiles import packaged_minilm_dir
+        from clinisynth.settings import Settings
+        from clinisynth.training.scratch import train_scratch
+
+        settings = Settings()
+        path = train_scratch(
+            dataset_dir=data, output_dir=output, vae_dir=vae,
+            text_encoder=text_encoder or str(packaged_minilm_dir()),
+            pipeline_dir=pipeline_dir or settings.cache_dir / "models" / "demo-generator",
+            labels=_labels(labels), limit=limit, max_length=max_length, knowledge=_knowledge_if_needed(data),
+            data_attribution=data_attribution,
+            settings_overrides=_loop_settings(
+                max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, mixed_precision=mixed_precision,
+                snr_gamma=snr_gamma, ema_decay=ema_decay, validation_every=validation_every,
+                checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed),
+            log=typer.echo)
+    typer.echo(str(path))
+
+
+@app.command("vae")
+def vae(
+    data: DataOpt,
+    output: OutOpt,
+    resolution: Annotated[int, typer.Option(help="image side in pixels (multiple of 4)")] = 32,
+    steps: StepsOpt = 1000,
+    batch_size: Annotated[int, typer.Option(help="images per step")] = 16,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate")] = 1e-3,
+    labels: Annotated[Optional[str], typer.Option(help="comma-separated labels (default: all)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="use at most this many manifest rows")] = None,
+    validation_every: Annotated[int, typer.Option(help="steps between validation")] = 100,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
+    resume: ResumeOpt = None,
+    max_minutes: MinutesOpt = None,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+) -> None:
+    """A small latent VAE (AutoencoderKL, 4x downsampling) for `train scratch`; written to OUTPUT/vae."""
+    with _train_errors():
+        from clinisynth.training.vae import train_vae
+
+        path = train_vae(dataset_dir=data, output_dir=output, resolution=resolution, max_steps=steps,
+                         batch_size=batch_size, learning_rate=learning_rate, labels=_labels(labels), limit=limit,
+                         validation_every=validation_every, checkpoint_every=checkpoint_every, resume=resume,
+                         max_minutes=max_minutes, seed=seed, channels=(16, 32, 64), log=typer.echo)
+    typer.echo(str(path))
