@@ -7,6 +7,7 @@ a row for ``clinisynth plan``, so both paths produce the same :class:`~clinisynt
 from __future__ import annotations
 
 from clinisynth.agents.plan import Concept, Plan, Reference
+from clinisynth.agents.reasoning.engine import DEFAULT_RETRIEVAL_THRESHOLD
 from clinisynth.knowledge import KnowledgeBase
 
 
@@ -29,7 +30,7 @@ class Planner:
         *,
         knowledge: KnowledgeBase,
         retriever=None,
-        retrieval_threshold: float = 0.62,
+        retrieval_threshold: float = DEFAULT_RETRIEVAL_THRESHOLD,
         max_request_chars: int = 4000,
     ) -> None:
         from clinisynth.agents.reasoning import Reasoner

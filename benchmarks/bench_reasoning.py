@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from clinisynth.agents.reasoning.engine import DEFAULT_RETRIEVAL_THRESHOLD
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devset", type=Path, default=DEFAULT_DEVSET)
     parser.add_argument("--retriever", action="store_true", help="resolve paraphrases with the FAISS retriever (MiniLM, offline)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("CLINISYNTH_CACHE_DIR", Path.home() / ".cache" / "clinisynth")))
-    parser.add_argument("--threshold", type=float, default=0.6)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_RETRIEVAL_THRESHOLD)
     parser.add_argument("--errors", action="store_true", help="print every description that was not read exactly")
     parser.add_argument("--no-validate", action="store_true", help="skip the knowledge integrity check (while records are being edited)")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from clinisynth.agents.reasoning.engine import DEFAULT_RETRIEVAL_THRESHOLD
 from clinisynth.retrieval.embedder import PACKAGED_MINILM
 
 
@@ -41,7 +42,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="built models and retrieval indexes")
     knowledge_dir: Path | None = Field(default=None, description="knowledge YAML folder; the packaged one when unset")
     embedder: str = Field(default=PACKAGED_MINILM, description="sentence-transformers model id or local dir")
-    retrieval_threshold: float = Field(default=0.62, ge=0.0, le=1.0, description="cosine similarity to accept a match")
+    retrieval_threshold: float = Field(default=DEFAULT_RETRIEVAL_THRESHOLD, ge=0.0, le=1.0, description="cosine similarity to accept a match")
     profile: str = Field(default="tiny", description="model profile: tiny, demo or full")
     demo_generator: Path | None = Field(default=None, description="directory of the demo generator pipeline")
     full_generator: str | None = Field(default=None, description="hub id or dir of the SD 1.x/2.x pipeline (full)")
