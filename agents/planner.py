@@ -135,6 +135,22 @@ class Planner:
         pathology = self.assess(text, localization)
         return self.compose(text, localization, pathology, self.visual_map(pathology))
 
+    def plan_for_generation(self, text: str) -> Plan:
+        """:meth:`plan`, plus what drawing needs: a modality, and a finding or an explicitly normal study.
+
+        Raises:
+            PlanError: naming what is missing and how to say it.
+        """
+        plan = self.plan(text)
+        if plan.modality is None:
+            raise PlanError(f"cannot tell the imaging modality of {text.strip()[:80]!r}; name one of: "
+                            f"{self.covered_modalities()}")
+        drawable = [f for f in plan.findings if f.status in ("present", "uncertain")]
+        if not drawable and not plan.normal_study:
+            raise PlanError(f"{text.strip()[:80]!r} names no finding to draw; name one (e.g. 'small left pneumothorax') "
+                            "or say 'normal study'")
+        return plan
+
 
 def _unique_concepts(concepts) -> list[Concept]:
     seen: dict[str, Concept] = {}

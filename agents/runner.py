@@ -80,15 +80,11 @@ def run_generation(
     go to ``runs/<run_id>/trace.json``, also when the run fails half-way.
 
     Raises:
-        PlanError: the description cannot be planned or names no modality.
+        PlanError: the description cannot be planned, names no modality or nothing to draw.
     """
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    plan = planner.plan(request)
-    if plan.modality is None:
-        raise PlanError(
-            f"cannot tell the imaging modality of {request[:80]!r}; name one of: {planner.covered_modalities()}"
-        )
+    plan = planner.plan_for_generation(request)
     # The check above parsed the text; forget it so the traced nodes time their real work.
     planner.reasoner.forget(plan.request)
     run_id = run_id or new_run_id()

@@ -104,7 +104,7 @@ def generate(
                            max_images=settings.max_images)
     check_output_dir(Path(out))
     planner = get_planner(settings)
-    planner.plan(text)
+    planner.plan_for_generation(text)
     generator, resolved = load_generator(profile=profile, settings=settings)
     steps = steps if steps is not None else resolved.default_steps
     guidance = guidance if guidance is not None else resolved.default_guidance

@@ -182,3 +182,14 @@ def test_knowledge_validate_reports_a_broken_folder(runner, tmp_path):
     result = runner.invoke(app, ["knowledge", "validate", "--dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "bad.yaml" in _error_line(result)
+
+
+def test_generate_refuses_a_plan_with_nothing_to_draw_but_plan_shows_it(runner, tmp_path):
+    text = "PA chest radiograph"
+    shown = runner.invoke(app, ["plan", text, "--json"])
+    assert shown.exit_code == 0
+    assert json.loads(shown.stdout)["findings"] == []
+    result = runner.invoke(app, ["generate", text, "-n", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "names no finding to draw" in _error_line(result)
+    assert not (tmp_path / "out").exists()
