@@ -24,7 +24,7 @@ print(json.dumps({"file": clinisynth.knowledge.__file__, "records": len(kb.recor
 def test_wheel_installs_non_editable_and_runs_outside_the_repo(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
         check=True, capture_output=True, text=True,
     )
     (wheel,) = wheels.glob("clinisynth-*.whl")

@@ -77,3 +77,17 @@ def test_a_knowledge_edit_rebuilds_under_a_new_key(tmp_path, embedder):
 def test_bad_k_is_rejected(retriever):
     with pytest.raises(ValueError, match="k must be at least 1, got 0"):
         retriever.search("x", k=0)
+
+
+def test_query_encoding_leaves_the_thread_setting_as_it_found_it(embedder):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        single = embedder.encode(["pleural effusion"])
+        batch = embedder.encode(["pleural effusion"] * 20)
+        assert torch.get_num_threads() == 2
+        assert np.allclose(single[0], batch[0], atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
