@@ -28,7 +28,8 @@ class Finding(BaseModel):
         start, end: character offsets of ``evidence`` in the request.
         source: ``lexicon`` for a direct term match, ``retrieval`` for a FAISS match of a
             paraphrase or misspelling (then ``score`` is the cosine similarity).
-        cue: the negation / uncertainty / historical cue that set ``status``, when one did.
+        cue: the phrase that set ``status`` (a negation / uncertainty / historical cue) or, for a present
+            finding, that made it the conclusion (``consistent with``, ``impression``).
         grade: a named grade when the text gave one (``proliferative``, ``grade 3``).
     """
 

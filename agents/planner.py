@@ -86,7 +86,9 @@ class Planner:
         from clinisynth.agents.reasoning import map_visual_features
 
         modality_id = pathology.modality.id if pathology.modality else None
-        return map_visual_features(knowledge=self.knowledge, modality_id=modality_id, findings=pathology.findings)
+        return map_visual_features(
+            knowledge=self.knowledge, modality_id=modality_id, findings=pathology.findings, signs=pathology.signs
+        )
 
     def compose(self, text: str, localization, pathology, visual_features) -> Plan:
         """Write the structured report and the generator prompt, and assemble the plan."""
@@ -107,6 +109,8 @@ class Planner:
             findings=pathology.findings,
             normal_study=pathology.normal_study,
             technique=localization.technique,
+            signs=pathology.signs,
+            anatomy=localization.anatomy,
         )
         anatomy = _unique_concepts([*localization.anatomy, *(c for f in pathology.findings for c in f.location)])
         references = _best_references([*localization.references, *pathology.references])

@@ -13,11 +13,24 @@ A finding phrase is ``[possible ][severity ][side ]<term>[ in <locations>][ (<gr
 findings never enter the prompt: they go to the negative prompt, after the modality's own
 ``negative_prompt``.
 
-The ``label`` (the storage class folder) is the label of the first present finding in text order:
-the request's own ordering is how radiologists put the main finding first, and "most severe"
-would flip between findings that have no severity. With no present finding it is the first
-uncertain finding's label; with neither (a normal study, or nothing stated) it is the label of the
-modality's normal record, or ``normal`` when the knowledge base has none.
+The ``label`` (the storage class folder) is chosen by :func:`choose_label`:
+
+1. the first present finding the text states as its conclusion: introduced by "consistent with",
+   "compatible with", "in keeping with", "diagnostic of" ... or written in an IMPRESSION section
+   (the reasoner keeps that phrase, or ``impression``, as the finding's ``cue``);
+2. else the first, in text order, of the present findings and the hedged diagnoses (an uncertain
+   finding introduced by "suspicious for", "suggestive of", "likely represents" ...): a hedge that
+   interprets the lesion just described names what is drawn ("ring-enhancing lesion suspicious for
+   metastasis, with vasogenic oedema" is a metastasis image, not an oedema image), while a certain
+   finding named before it keeps the label ("RLL consolidation concerning for pneumonia": the image
+   shows consolidation; pneumonia is not proven by it);
+3. else the first uncertain finding; else, for a normal study, the modality's normal label (or
+   ``normal``); else ``unspecified``: the text neither names a finding nor calls the study normal,
+   and a study is never claimed normal unless the text says so.
+
+A plain hedge ("possible", "likely") is not a diagnosis: it keeps its place in text order under rule 3.
+Imaging signs named in the text ("dural tail", "posterior shadowing") follow the findings as
+descriptors, and their visual descriptions follow the findings' ones.
 """
 
 from __future__ import annotations
@@ -30,6 +43,19 @@ from clinisynth.knowledge import KnowledgeBase
 
 #: Folder name of a normal study when the modality has no normal record.
 NORMAL_LABEL = "normal"
+#: Label of a plan that names no finding and is not called normal (nothing to draw; never "normal").
+UNSPECIFIED_LABEL = "unspecified"
+#: Cues of a present finding stated as the conclusion (``impression``: written in an IMPRESSION section).
+STATED_DIAGNOSIS_CUES = frozenset({
+    "consistent with", "compatible with", "in keeping with", "in keeping", "diagnostic of", "characteristic of",
+    "typical of", "represents", "representing", "most consistent with", "c/w", "impression",
+})
+#: Cues of an uncertain finding that interprets what was just described ("lesion suspicious for metastasis").
+HEDGED_DIAGNOSIS_CUES = frozenset({
+    "suggestive of", "highly suggestive of", "suspicious for", "suspicious of", "concerning for", "worrisome for",
+    "likely represents", "likely representing", "most likely representing", "may represent", "may reflect",
+    "could represent", "likely reflecting", "favored to represent", "favoured to represent",
+})
 
 
 @dataclass(frozen=True)
@@ -68,12 +94,30 @@ def _unique(items: Iterable[str]) -> list[str]:
     return seen
 
 
-def _main_label(knowledge: KnowledgeBase, modality_id: str | None, findings: list[Finding], normal_study: bool) -> str:
+def choose_label(*, knowledge: KnowledgeBase, modality_id: str | None, findings: Iterable[Finding], normal_study: bool) -> str:
+    """The storage class of a plan (the rules are in the module docstring).
+
+    Args:
+        knowledge: the reference records (the modality's normal record gives the normal label).
+        modality_id: the modality record id, or ``None``.
+        findings: findings with status and cue.
+        normal_study: the text calls the study normal.
+
+    Returns:
+        A finding's label, the normal label, or :data:`UNSPECIFIED_LABEL`.
+    """
+    findings = sorted(findings, key=lambda f: f.start)
     if not normal_study:
-        for status in ("present", "uncertain"):
-            for finding in sorted(findings, key=lambda f: f.start):
-                if finding.status == status:
-                    return finding.label
+        stated = [f for f in findings if f.status == "present" and f.cue in STATED_DIAGNOSIS_CUES]
+        if stated:
+            return stated[0].label
+        leading = [f for f in findings if f.status == "present" or (f.status == "uncertain" and f.cue in HEDGED_DIAGNOSIS_CUES)]
+        if leading:
+            return leading[0].label
+        uncertain = [f for f in findings if f.status == "uncertain"]
+        if uncertain:
+            return uncertain[0].label
+        return UNSPECIFIED_LABEL
     normal = knowledge.normal_finding_for(modality_id) if modality_id else None
     return normal.label if normal is not None and normal.label else NORMAL_LABEL
 
@@ -85,6 +129,8 @@ def build_prompt(
     findings: Iterable[Finding],
     normal_study: bool,
     technique: Iterable[Concept] = (),
+    signs: Iterable[Concept] = (),
+    anatomy: Iterable[Concept] = (),
 ) -> PromptBundle:
     """Build the generator prompt, negative prompt and storage label.
 
@@ -94,6 +140,10 @@ def build_prompt(
         findings: findings with status; present and uncertain ones are drawn, absent ones avoided.
         normal_study: the request describes a normal study (no present finding is drawn).
         technique: technique concepts (projection, sequence) to name after the modality.
+        signs: imaging signs named in the text (sign records): their terms follow the findings as
+            descriptors and their visual descriptions follow the findings' ones.
+        anatomy: anatomy named in the text; used only when there is no finding and the study is not
+            called normal, so that the prompt still says what was imaged.
 
     Returns:
         A :class:`PromptBundle`.
@@ -106,6 +156,7 @@ def build_prompt(
     drawn = [f for f in findings if f.status in ("present", "uncertain")] if not normal_study else []
     absent = [f for f in findings if f.status == "absent"]
 
+    signs = list(signs)
     head = _unique([modality.term if modality else "medical image", *(c.term for c in technique)])
     visuals: list[str] = []
     if drawn:
@@ -114,11 +165,20 @@ def build_prompt(
             record = knowledge.by_id.get(finding.id)
             if record is not None and modality_id and record.visual.get(modality_id):
                 visuals.append(record.visual[modality_id].strip().rstrip("."))
-    else:
+    elif normal_study:
         normal = knowledge.normal_finding_for(modality_id) if modality_id else None
         head.append("normal study, no abnormality")
         if normal is not None and modality_id and normal.visual.get(modality_id):
             visuals.append(normal.visual[modality_id].strip().rstrip("."))
+    else:
+        # Nothing named and not called normal: say only what was imaged, never "normal".
+        head += _unique(c.term for c in anatomy)
+    if not normal_study:
+        head += _unique(c.term for c in signs)
+        for concept in signs:
+            record = knowledge.by_id.get(concept.id)
+            if record is not None and modality_id and record.visual.get(modality_id):
+                visuals.append(record.visual[modality_id].strip().rstrip("."))
     prompt = ", ".join(head)
     visuals = _unique(visuals)
     if visuals:
@@ -129,7 +189,7 @@ def build_prompt(
     return PromptBundle(
         prompt=prompt,
         negative_prompt=", ".join(_unique(negatives)),
-        label=_main_label(knowledge, modality_id, findings, normal_study),
+        label=choose_label(knowledge=knowledge, modality_id=modality_id, findings=findings, normal_study=normal_study),
     )
 
 

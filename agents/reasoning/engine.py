@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from clinisynth.agents.plan import Concept, Finding, Reference
+from clinisynth.agents.prompting import HEDGED_DIAGNOSIS_CUES, STATED_DIAGNOSIS_CUES
 from clinisynth.agents.reasoning import vocab
 from clinisynth.agents.reasoning.lexicon import KIND_PRIORITY, Lexicon
 from clinisynth.agents.reasoning.models import Localization, Pathology
@@ -45,6 +46,9 @@ class _Mention:
     status: str = "present"
     cue: str | None = None
     chosen: str | None = None
+    query: str | None = None  # the retrieval query, to search again once the modality is known
+    diagnosis: str | None = None  # the phrase stating it as the conclusion ("consistent with", "impression")
+    bare_head: bool = False  # a bare head word ("metastasis") standing for "<organ> <head>" records
 
 
 @dataclass
@@ -104,16 +108,29 @@ class Reasoner:
                     self._sign_findings.setdefault(sign_id, []).append(record.id)
         self._modality_by_label = {r.label: r for r in knowledge.modalities}
         self._anatomy_sides = {r.id: r.side for r in knowledge.records if r.kind == "anatomy" and r.side}
-        # (modality, head word) -> findings of that modality whose name ends in it ("abscess" -> brain abscess).
-        self._head_index: dict[tuple[str, str], list[tuple[int, str]]] = {}
-        for phrase, ids in self.lexicon.phrase_ids.items():
+        # Bare head word -> findings named "<organ> <head>" ("metastasis" -> brain / pulmonary metastasis),
+        # matched on otherwise unresolved words; the study's modality (named or inferred) picks one.
+        organ_words = self._organ_words = {vocab.normalize_word(w) for w in vocab.ORGAN_WORDS}
+        self._organ_heads: dict[str, list[str]] = {}
+        self._organ_tails: dict[tuple[str, str], list[str]] = {}
+        for phrase, ids in sorted(self.lexicon.phrase_ids.items()):
             words = phrase.split()
-            for record_id in ids:
-                record = knowledge.by_id[record_id]
-                if record.kind == "finding" and not record.normal and words:
-                    is_term = phrase == " ".join(vocab.normalize_word(w) for w in record.term.replace("-", " ").lower().split())
-                    for modality_id in record.modalities:
-                        self._head_index.setdefault((modality_id, words[-1]), []).append((0 if is_term else 1, len(words), record_id))
+            findings = [i for i in sorted(ids) if knowledge.by_id[i].kind == "finding" and not knowledge.by_id[i].normal]
+            # Every tail left after leading organ words ("intracranial metastatic disease" -> "metastatic
+            # disease"), per modality: what a mention naming another modality's finding means here.
+            for cut in range(1, len(words)):
+                if words[cut - 1] not in organ_words:
+                    break
+                for record_id in findings:
+                    for modality_id in self.knowledge.by_id[record_id].modalities:
+                        bucket = self._organ_tails.setdefault((modality_id, " ".join(words[cut:])), [])
+                        if record_id not in bucket:
+                            bucket.append(record_id)
+            if len(words) == 2 and words[0] in organ_words and words[1] not in organ_words:
+                for record_id in findings:
+                    if record_id not in self._organ_heads.get(words[1], []):
+                        self._organ_heads.setdefault(words[1], []).append(record_id)
+        self._parents = {r.id: r.parent for r in knowledge.records if r.parent}
         self._cache: OrderedDict[str, _Analysis] = OrderedDict()
         self._retrieval_cache: OrderedDict[tuple, list] = OrderedDict()
 
@@ -171,6 +188,10 @@ class Reasoner:
                         f"{finding.term!r} is not described for {modality.term} in the knowledge base; "
                         "the generator has no reference appearance for it"
                     )
+        signs = _concepts(self.knowledge, [
+            m.chosen for m in analysis.mentions
+            if m.kind == "sign" and m.status != "absent" and (modality_id is None or modality_id in self.knowledge.by_id[m.chosen].modalities)
+        ])
         conflicts = _conflicts(findings)
         drawn = [f for f in findings if f.status in ("present", "uncertain") and not self._is_normal(f.id)]
         findings = [f for f in findings if not self._is_normal(f.id)]
@@ -182,6 +203,7 @@ class Reasoner:
             notes.append("no finding named in the text")
         return Pathology(
             findings=findings,
+            signs=signs,
             normal_study=normal_study,
             modality=modality,
             modality_inferred=inferred,
@@ -224,6 +246,7 @@ class Reasoner:
         if self.retriever is not None:
             self._retrieve(analysis)
         self._assert(analysis)
+        _mark_diagnoses(doc, analysis.mentions)
         return analysis
 
     def _match(self, doc):
@@ -239,9 +262,13 @@ class Reasoner:
             elif tag == "SIDE":
                 items.append(_Item(start, end, "side", value))
             elif tag == "SEV":
+                if end < len(doc) and (doc[end - 1].norm_, doc[end].norm_) in vocab.SIZE_WORD_COMPOUNDS:
+                    continue  # "small vessel disease" is not small
                 items.append(_Item(start, end, "severity", value))
             elif tag == "RSEV":
                 record_id, level, word = value.split("|", 2)
+                if word.lower() in vocab.DISTRIBUTION_WORDS and record_id not in vocab.DISTRIBUTION_GRADES:
+                    continue  # "patchy opacity": a distribution, not a severity
                 items.append(_Item(start, end, "rsev", level, extra=f"{record_id}|{word}"))
             elif tag == "FAM":
                 families.append((start, end, value))
@@ -269,6 +296,10 @@ class Reasoner:
             for i in range(mention.start, mention.end):
                 taken[i] = True
             mentions.append(mention)
+        for token in doc:
+            if not taken[token.i] and token.is_alpha and token.norm_ in self._organ_heads and token.norm_ not in vocab.GENERIC_HEADS:
+                mentions.append(_Mention(token.i, token.i + 1, "finding", list(self._organ_heads[token.norm_]), bare_head=True))
+                taken[token.i] = True
         mentions.sort(key=lambda m: m.start)
         for mention in mentions:
             mention.chosen = mention.ids[0]
@@ -326,7 +357,7 @@ class Reasoner:
             if kind not in ("finding", "sign", "normal"):
                 continue
             analysis.mentions.append(
-                _Mention(start, end, kind, [record.id], source="retrieval", score=round(float(best.score), 4), chosen=record.id)
+                _Mention(start, end, kind, [record.id], source="retrieval", score=round(float(best.score), 4), chosen=record.id, query=query)
             )
             analysis.notes.append(f"{doc[start:end].text!r} resolved by retrieval to {record.term!r} (score {best.score:.2f})")
         analysis.mentions.sort(key=lambda m: m.start)
@@ -480,12 +511,30 @@ class Reasoner:
                 mention.chosen = fitting[0]
                 continue
             text = analysis.doc[mention.start : mention.end].text
+            if mention.source == "retrieval" and mention.query and self.retriever is not None:
+                # Retrieved before the modality was known (it was inferred): search again within it.
+                hits = self._search(mention.query, modality_id)
+                best = next((h for h in hits if h.id in self.knowledge.by_id), None)
+                if best is not None and best.score >= self.retrieval_threshold and self.lexicon.kinds.get(best.id) == mention.kind:
+                    mention.ids, mention.chosen, mention.score = [best.id], best.id, round(float(best.score), 4)
+                    notes.append(f"{text!r} searched again within {self.knowledge.by_id[modality_id].term}: "
+                                 f"{self.knowledge.by_id[best.id].term!r} (score {best.score:.2f})")
+                    continue
+            if mention.bare_head:
+                # "metastasis" on a study whose modality has no "<organ> metastasis": nothing is meant.
+                mention.kind = "dropped"
+                continue
             if mention.kind == "finding":
-                head = analysis.doc[mention.end - 1].norm_
-                options = sorted(self._head_index.get((modality_id, head), []))
+                # Only an organ word may be added: "abscess" is the brain abscess on a brain MRI, but
+                # "dry AMD" is not the OCT's "wet AMD" although both end in "AMD".
+                phrase = " ".join(t.norm_ for t in analysis.doc[mention.start : mention.end])
+                options = self._organ_tails.get((modality_id, phrase), [])
+                words = phrase.split()
+                if not options and len(words) > 1 and all(w in self._organ_words or w in vocab.PLACE_MODIFIERS for w in words[:-1]):
+                    options = self._organ_tails.get((modality_id, words[-1]), [])  # "hilar mass" -> lung mass
                 if options:
-                    mention.chosen = options[0][2]
-                    notes.append(f"{text!r} read as {self.knowledge.by_id[mention.chosen].term}, the {head!r} of this modality")
+                    mention.chosen = options[0]
+                    notes.append(f"{text!r} read as {self.knowledge.by_id[mention.chosen].term}, the {phrase!r} of this modality")
                     continue
             mention.kind = "dropped"
             notes.append(
@@ -519,7 +568,15 @@ class Reasoner:
             if record is not None:
                 records[id(mention)] = record
         targets = [m for m in targets if id(m) in records]
+        explained = self._explained_observations(doc, targets, notes)
         attributes = _attribute(doc, targets, analysis.items)
+        by_id = {id(m): m for m in targets}
+        for observation_id, diagnosis_id in explained.items():
+            # The diagnosis names the lesion just described: it takes the side and place said of it.
+            own = {it.what for it in attributes.get(diagnosis_id, [])}
+            moved = [it for it in attributes.get(observation_id, []) if it.what in ("side", "anatomy") and it.what not in own]
+            if moved and by_id[diagnosis_id].status != "absent":
+                attributes.setdefault(diagnosis_id, []).extend(moved)
         study_side = _study_side(doc, analysis, self._anatomy_sides)
         merged: list[Finding] = []
         # A sign ("blue-white veil") stands for its finding only when the text does not name the finding itself.
@@ -527,6 +584,8 @@ class Reasoner:
         last_drawn: dict[int, tuple[int, Finding]] = {}
         for mention in targets:
             record = records[id(mention)]
+            if id(mention) in explained:
+                continue
             if mention.kind == "sign":
                 if record.id in named:
                     continue
@@ -539,6 +598,12 @@ class Reasoner:
             if mention.status == "absent":
                 severity, grade = None, None  # "no large effusion" denies the finding, whatever its size
             start_char, end_char = doc[mention.start].idx, doc[mention.end - 1].idx + len(doc[mention.end - 1])
+            cue = mention.cue
+            # The phrase that states it as the conclusion is kept as its cue: the label prefers such a finding.
+            if mention.diagnosis in STATED_DIAGNOSIS_CUES and mention.status == "present" and cue is None:
+                cue = mention.diagnosis
+            elif mention.diagnosis in HEDGED_DIAGNOSIS_CUES and mention.status == "uncertain":
+                cue = mention.diagnosis
             finding = Finding(
                 id=record.id,
                 term=record.term,
@@ -553,13 +618,17 @@ class Reasoner:
                 end=end_char,
                 source=mention.source,
                 score=mention.score,
-                cue=mention.cue,
+                cue=cue,
             )
             previous = last_drawn.get(doc[mention.start].sent.start)
             if (
                 previous is not None and finding.status != "absent" and finding.laterality is None and not finding.location
                 and (record.lateralized or not self._any_lateralized)
-                and not any(t.text in (",", ";", ".") for t in doc[previous[0] : mention.start])
+                and (
+                    not any(t.text in (",", ";", ".") for t in doc[previous[0] : mention.start])
+                    # "LUL nodule ..., concerning for lung cancer": a hedged diagnosis names the lesion just described.
+                    or mention.diagnosis in HEDGED_DIAGNOSIS_CUES | (STATED_DIAGNOSIS_CUES - {"impression"})
+                )
                 and not any(it.what == "side" and previous[0] <= it.start < mention.start for it in analysis.items)
             ):
                 # "RLL consolidation concerning for pneumonia", "left atelectasis versus pneumonia".
@@ -568,6 +637,54 @@ class Reasoner:
                 last_drawn[doc[mention.start].sent.start] = (mention.end, finding)
             _merge_into(merged, finding)
         return merged
+
+    def _explained_observations(self, doc, targets: list[_Mention], notes: list[str]) -> dict[int, int]:
+        """Observations that a later diagnosis in the same sentence explains, not kept as findings of their own.
+
+        "Periventricular white matter hyperintensities, consistent with demyelination": the hyperintensities
+        are an appearance (the knowledge base lists them under small vessel disease), attributed here to
+        demyelination, so small vessel disease is not also stated. "Dural-based mass, compatible with
+        meningioma": the generic parent (brain tumour) is the meningioma, not a second finding.
+
+        Returns:
+            ``id(observation) -> id(diagnosis)`` for the mentions not to keep.
+        """
+        explained: dict[int, int] = {}
+        for diagnosis in targets:
+            if diagnosis.kind != "finding" or diagnosis.status == "absent":
+                continue
+            if diagnosis.diagnosis in (None, "impression"):
+                continue  # any attribution counts here, plain hedges too ("WMH, likely small vessel change")
+            sentence = doc[diagnosis.start].sent.start
+            for observation in targets:
+                if (
+                    observation is diagnosis or observation.kind != "finding" or observation.status != "present"
+                    or observation.start >= diagnosis.start or doc[observation.start].sent.start != sentence
+                    or observation.diagnosis not in (None, "impression")
+                ):
+                    continue
+                if self._is_appearance(doc, observation) or self._is_ancestor(observation.chosen, diagnosis.chosen):
+                    explained.setdefault(id(observation), id(diagnosis))
+                    notes.append(
+                        f"{doc[observation.start:observation.end].text!r} is explained by "
+                        f"{doc[diagnosis.start:diagnosis.end].text!r} ({diagnosis.diagnosis}); not kept as a finding of its own"
+                    )
+        return explained
+
+    @staticmethod
+    def _is_appearance(doc, mention: _Mention) -> bool:
+        span = doc[mention.start : mention.end]
+        return span.text in vocab.APPEARANCE_ABBREVIATIONS or any(t.norm_ in vocab.APPEARANCE_WORDS or t.lower_ in vocab.APPEARANCE_WORDS for t in span)
+
+    def _is_ancestor(self, ancestor: str | None, record_id: str | None) -> bool:
+        seen = set()
+        parent = self._parents.get(record_id)
+        while parent and parent not in seen:
+            if parent == ancestor:
+                return True
+            seen.add(parent)
+            parent = self._parents.get(parent)
+        return False
 
     def _resolve_attributes(self, record, mention: _Mention, attached: list[_Item], doc):
         sides: set[str] = set()
@@ -834,6 +951,40 @@ def _attribute(doc, targets: list[_Mention], items: list[_Item]) -> dict[int, li
             owner = min(same, key=lambda m: min(abs(m.start - item.end), abs(item.start - m.end)))
             assigned.setdefault(id(owner), []).append(item)
     return assigned
+
+
+_DIAGNOSIS_PHRASES = sorted({tuple(p.split()) for p in vocab.DIAGNOSIS_PHRASES}, key=len, reverse=True)
+
+
+def _mark_diagnoses(doc, mentions: list[_Mention]) -> None:
+    """Set ``diagnosis`` on findings stated as a conclusion: right after "consistent with", "suspicious
+    for" ... (up to three plain words between, "consistent with active CNV"), or in an IMPRESSION section."""
+    impression_start = None
+    for token in doc:
+        if token.lower_ in vocab.IMPRESSION_HEADERS and token.i + 1 < len(doc) and doc[token.i + 1].text in (":", "-"):
+            impression_start = token.i + 2
+    occupied = {i for m in mentions if m.kind in ("finding", "sign") for i in range(m.start, m.end)}
+    for mention in mentions:
+        if mention.kind != "finding":
+            continue
+        sentence_start = doc[mention.start].sent.start
+        phrase = None
+        for skip in range(0, 4):
+            filler_start = mention.start - skip
+            if filler_start < sentence_start:
+                break
+            if skip and not (doc[filler_start].is_alpha or doc[filler_start].text == "-") or filler_start in occupied and skip:
+                break
+            for words in _DIAGNOSIS_PHRASES:
+                begin = filler_start - len(words)
+                if begin >= sentence_start and tuple(t.lower_ for t in doc[begin:filler_start]) == words:
+                    phrase = " ".join(words)
+                    break
+            if phrase:
+                break
+        if phrase is None and impression_start is not None and mention.start >= impression_start:
+            phrase = "impression"
+        mention.diagnosis = phrase
 
 
 def _inside_item(i: int, items: list[_Item]) -> bool:

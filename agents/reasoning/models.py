@@ -39,6 +39,8 @@ class Pathology(BaseModel):
         findings: one entry per finding and status, in text order (several mentions of the same
             finding with the same status are merged; opposite statuses are kept apart and reported
             in ``conflicts``).
+        signs: imaging signs the text names and does not deny ("ring-enhancing", "dural tail",
+            "posterior shadowing"), of the study's modality: they say what to draw.
         normal_study: no present or uncertain finding and the text calls the study normal or
             only denies findings.
         modality: the modality named in the text, or inferred from the findings.
@@ -51,6 +53,7 @@ class Pathology(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     findings: list[Finding] = Field(default_factory=list)
+    signs: list[Concept] = Field(default_factory=list)
     normal_study: bool = False
     modality: Concept | None = None
     modality_inferred: bool = False

@@ -8,17 +8,21 @@ from clinisynth.agents.plan import Concept, Finding, Report, VisualFeature
 from clinisynth.knowledge import KnowledgeBase
 
 
-def map_visual_features(*, knowledge: KnowledgeBase, modality_id: str | None, findings: Iterable[Finding]) -> list[VisualFeature]:
-    """How each present or uncertain finding looks in the modality (absent findings are not drawn).
+def map_visual_features(
+    *, knowledge: KnowledgeBase, modality_id: str | None, findings: Iterable[Finding], signs: Iterable[Concept] = ()
+) -> list[VisualFeature]:
+    """How each present or uncertain finding, and each sign named, looks in the modality (absent findings are not drawn).
 
     Args:
         knowledge: the reference records.
         modality_id: the modality record id, or ``None``; without it the definition stands in.
         findings: findings with status.
+        signs: imaging signs named in the text (``Pathology.signs``); each gets a feature whose
+            ``finding_id`` is the sign's id.
 
     Returns:
-        One :class:`VisualFeature` per drawn finding, from the record's ``visual`` text for the
-        modality, else its definition, else its term.
+        One :class:`VisualFeature` per drawn finding, then per sign, from the record's ``visual``
+        text for the modality, else its definition, else its term.
     """
     features: list[VisualFeature] = []
     for finding in findings:
@@ -29,6 +33,14 @@ def map_visual_features(*, knowledge: KnowledgeBase, modality_id: str | None, fi
         if record is not None:
             description = (modality_id and record.visual.get(modality_id)) or record.definition or record.term
         features.append(VisualFeature(finding_id=finding.id, description=description))
+    for sign in signs:
+        if any(f.finding_id == sign.id for f in features):
+            continue
+        record = knowledge.by_id.get(sign.id)
+        description = sign.term
+        if record is not None:
+            description = (modality_id and record.visual.get(modality_id)) or record.definition or record.term
+        features.append(VisualFeature(finding_id=sign.id, description=description))
     return features
 
 

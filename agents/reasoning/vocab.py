@@ -111,13 +111,10 @@ SEVERITY_WORDS: dict[str, str] = {
     "slight": "mild",
     "slightly": "mild",
     "subtle": "mild",
-    "minor": "mild",
-    "early": "mild",
     "faint": "mild",
     "moderate": "moderate",
     "moderately": "moderate",
     "medium": "moderate",
-    "intermediate": "moderate",
     "moderate-sized": "moderate",
     "large": "severe",
     "severe": "severe",
@@ -132,10 +129,33 @@ SEVERITY_WORDS: dict[str, str] = {
     "sizeable": "severe",
     "sizable": "severe",
     "considerable": "severe",
-    "gross": "severe",
     "tension": "severe",
 }
+# Left out on purpose (they look like sizes but are not): "minor" (the minor fissure), "early" (a stage
+# of time, not of size), "intermediate" (MRI signal intensity), "gross" ("grossly normal").
 SEVERITY_RANK = {"mild": 1, "moderate": 2, "severe": 3}
+
+#: Size words that are part of a name, not a size ("small vessel disease", "small cell carcinoma").
+SIZE_WORD_COMPOUNDS = {
+    ("small", "vessel"), ("small", "airway"), ("small", "cell"), ("large", "cell"), ("large", "vessel"),
+    ("large", "airway"), ("minimal", "change"), ("small", "bowel"), ("large", "bowel"),
+}
+
+#: Words that say how a finding is spread, not how bad it is ("patchy opacity" is not moderate).
+#: A record's severity scale that lists one of them is not used for that word.
+DISTRIBUTION_WORDS = {
+    "patchy", "scattered", "multifocal", "multilobar", "focal", "diffuse", "diffusely", "widespread", "confluent",
+    "peripheral", "central", "perihilar", "basal", "bibasilar", "apical", "streaky", "linear", "nodular", "reticular",
+    "reticulonodular", "interstitial", "alveolar", "airspace", "ill-defined", "hazy", "bilateral", "unilateral",
+    "segmental", "subsegmental", "lobar", "multiple", "several", "numerous",
+}
+#: Record severity words kept although listed above: there the spread or count is the recognised grade
+#: (pulmonary embolism: subsegmental / segmental / lobar / central; Fazekas: punctate / confluent;
+#: AREDS drusen: confluent; the 4-2-1 rule counts retinal haemorrhages).
+DISTRIBUTION_GRADES = {
+    "finding.pulmonary_embolism", "finding.small_vessel_disease", "finding.drusen", "finding.retinal_haemorrhage",
+    "finding.dot_blot_haemorrhages",
+}
 GRADE_RE = re.compile(r"\b(?:who\s+)?(grade|stage)\s*(iv|iii|ii|i|[1-4])\b", re.IGNORECASE)
 GRADE_SEVERITY = {"1": "mild", "i": "mild", "2": "moderate", "ii": "moderate", "3": "severe", "iii": "severe", "4": "severe", "iv": "severe"}
 
@@ -380,6 +400,14 @@ EXTRA_CONTEXT_RULES: list[tuple[str, str, str]] = [
     ("has cleared", "RESOLVED", "BACKWARD"),
     ("have cleared", "RESOLVED", "BACKWARD"),
     ("now resolved", "RESOLVED", "BACKWARD"),
+    # devices taken out are absent on this image ("interval removal of the ET tube", "catheter has been removed")
+    ("removal of", "RESOLVED", "FORWARD"),
+    ("interval removal of", "RESOLVED", "FORWARD"),
+    ("removed", "RESOLVED", "BACKWARD"),
+    ("has been removed", "RESOLVED", "BACKWARD"),
+    ("have been removed", "RESOLVED", "BACKWARD"),
+    ("was removed", "RESOLVED", "BACKWARD"),
+    ("were removed", "RESOLVED", "BACKWARD"),
     # uncertainty, forward
     ("possible", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("possibly", "POSSIBLE_EXISTENCE", "FORWARD"),
@@ -457,6 +485,13 @@ EXTRA_CONTEXT_RULES: list[tuple[str, str, str]] = [
     ("not only", "PSEUDO", "PSEUDO"),
     ("without change", "PSEUDO", "PSEUDO"),
     ("no doubt", "PSEUDO", "PSEUDO"),
+    # a device whose tip is out of view is still there ("NG tube below the diaphragm, tip not seen")
+    ("tip not seen", "PSEUDO", "PSEUDO"),
+    ("tip is not seen", "PSEUDO", "PSEUDO"),
+    ("tip not visualized", "PSEUDO", "PSEUDO"),
+    ("tip is not visualized", "PSEUDO", "PSEUDO"),
+    ("tip not imaged", "PSEUDO", "PSEUDO"),
+    ("tip is not imaged", "PSEUDO", "PSEUDO"),
     ("not unlikely", "PSEUDO", "PSEUDO"),
     # scope ends
     ("however", "TERMINATE", "TERMINATE"),
@@ -483,6 +518,44 @@ DROPPED_DEFAULT_LITERALS = {"evaluate for", "test for", "checked for", "resolved
 #: After a finding, these words start a new positive statement: a forward cue before that finding
 #: does not reach past them ("no effusion, large pneumothorax"), unless "or" / "nor" links them.
 RESTART_WORDS = set(SEVERITY_WORDS) | set(SIDE_WORDS) | {"new", "there", "increasing", "increased", "worsening", "developing", "persistent", "residual"}
+
+# --- diagnoses and the observations they explain -------------------------------------------------
+
+#: Phrases that introduce the diagnosis a description arrives at ("..., consistent with active CNV").
+#: A finding right after one (or in an IMPRESSION section) is the stated diagnosis: the label prefers it.
+DIAGNOSIS_PHRASES = [
+    "consistent with", "compatible with", "in keeping with", "diagnostic of", "characteristic of", "typical of",
+    "in keeping", "likely represents", "likely representing", "most likely representing", "represents", "representing",
+    "suggestive of", "suspicious for", "suspicious of", "concerning for", "worrisome for", "highly suggestive of",
+    "most consistent with", "likely reflecting", "may represent", "may reflect", "could represent", "probably",
+    "likely", "most likely", "probable", "favored to represent", "favoured to represent", "c/w",
+]
+#: Words naming how something looks, not what it is: a finding matched through a phrase with one of
+#: them ("white matter hyperintensities" -> small vessel disease) is an observation, and when the same
+#: sentence attributes it to a diagnosis ("..., consistent with demyelination") it is not kept apart.
+APPEARANCE_WORDS = {
+    "hyperintensity", "hyperintense", "hypointensity", "hypointense", "hyperdensity", "hyperdense", "hypodensity",
+    "hypodense", "hyperreflective", "hyporeflective", "hyperechoic", "hypoechoic", "signal", "enhancement", "enhancing",
+}
+#: Abbreviations of such appearance phrases.
+APPEARANCE_ABBREVIATIONS = {"WMH", "WMHs", "T2H"}
+#: Section headers after which findings are the radiologist's conclusion.
+IMPRESSION_HEADERS = {"impression", "impressions", "conclusion", "conclusions", "opinion", "summary"}
+#: Organ and region words: a finding named "<organ> <head>" ("brain metastasis") is the one meant by the
+#: bare head word ("metastasis") in a study of that modality.
+ORGAN_WORDS = set(REGION_WORDS) | {
+    "intracranial", "intraparenchymal", "cerebellar", "brainstem", "pulmonary", "lung", "lungs", "breast", "mammary",
+    "retinal", "macular", "choroidal", "skin", "cutaneous", "chest", "thoracic", "cerebral", "brain", "ocular",
+}
+#: Place words that, with the organ words, may be dropped to re-read another modality's finding
+#: ("hilar mass" on a chest CT -> lung mass); not used for bare head words ("hilar prominence").
+PLACE_MODIFIERS = {"hilar", "perihilar", "parenchymal", "apical", "basal"}
+
+#: Head words too generic to stand for a finding on their own ("lesion" is not "lung lesion").
+GENERIC_HEADS = {
+    "lesion", "abnormality", "disease", "change", "finding", "process", "pathology", "opacity", "density", "area",
+    "focus", "prominence", "enlargement",
+}
 
 # --- builtin abbreviations (used when the records lack them) and their expansions ---------------
 
@@ -542,7 +615,7 @@ NON_IMAGING_WORDS = {
     "findings", "finding", "impression", "technique", "report", "seen", "noted", "identified", "present", "evidence",
     "shows", "showing", "show", "demonstrates", "demonstrating", "demonstrated", "reveals", "revealed", "visible",
     "appearance", "appears", "appear", "stable", "unchanged", "interval", "change", "changes", "new", "since",
-    "suspected", "suspicion", "possible", "likely", "probable", "concerning", "consistent", "compatible", "query",
+    "suspected", "suspicion", "suspicious", "possible", "likely", "probable", "concerning", "consistent", "compatible", "query",
     "generate", "create", "synthetic", "please", "view", "views", "scan", "photo", "photograph", "picture",
     "acute", "chronic", "significant", "focal", "diffuse", "mild", "moderate", "severe", "small", "large",
     "right", "left", "bilateral", "upper", "lower", "middle", "side", "sided", "grade", "stage", "normal",
