@@ -108,6 +108,20 @@ class Verdict:
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
     elapsed_s: float = 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native form for graph state and traces (the embedding is left out: :meth:`Verifier.embed` remakes it)."""
+        return {"accepted": self.accepted, "scores": self.scores, "reasons": list(self.reasons), "failure": self.failure,
+                "failures": list(self.failures), "confused_label": self.confused_label, "notes": list(self.notes),
+                "elapsed_s": self.elapsed_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Verdict":
+        """Inverse of :meth:`to_dict` (without the embedding)."""
+        return cls(accepted=data["accepted"], scores=dict(data["scores"]), reasons=list(data["reasons"]),
+                   failure=data["failure"], failures=tuple(data.get("failures", ())),
+                   confused_label=data.get("confused_label"), notes=list(data.get("notes", [])),
+                   elapsed_s=float(data.get("elapsed_s", 0.0)))
+
 
 @dataclass(frozen=True)
 class Refinement:

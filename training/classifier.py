@@ -36,7 +36,7 @@ from clinisynth.evaluation.classifier import (
     softmax,
     stack_grey,
 )
-from clinisynth.evaluation.metrics import ImageRecord, open_images, read_image_set
+from clinisynth.evaluation.metrics import ImageRecord, grouped_stratified_split, open_images, read_image_set
 
 LOSS_CURVE_NAME = "loss_curve.png"
 
@@ -47,30 +47,6 @@ class TrainClassifierResult:
 
     out: Path
     card: dict[str, Any]
-
-
-def grouped_stratified_split(records: Sequence[ImageRecord], *, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices ``(kept, split_off)``: about ``fraction`` of each label's groups go to ``split_off``.
-
-    A group is the record's ``group`` (source file hash) or, when it has none, the record alone.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ClassifierError(f"split fraction must be between 0 and 1 (exclusive), got {fraction}")
-    rng = np.random.default_rng(seed)
-    groups_by_label: dict[str, dict[str, list[int]]] = {}
-    for index, record in enumerate(records):
-        key = record.group or f"#{index}"
-        groups_by_label.setdefault(record.label, {}).setdefault(key, []).append(index)
-    kept, split_off = [], []
-    for label in sorted(groups_by_label):
-        groups = list(groups_by_label[label].values())
-        order = rng.permutation(len(groups))
-        n_off = int(round(len(groups) * fraction))
-        if len(groups) >= 2:
-            n_off = min(max(n_off, 1), len(groups) - 1)
-        for rank, g in enumerate(order):
-            (split_off if rank < n_off else kept).extend(groups[g])
-    return sorted(kept), sorted(split_off)
 
 
 def _load_arrays(records: Sequence[ImageRecord], labels: Sequence[str], image_size: int, desc: str, progress: bool):
@@ -179,7 +155,7 @@ def train_classifier(
     image_size: int = 64,
     epochs: int = 12,
     batch_size: int = 64,
-    lr: float = 3e-3,
+    lr: float = 1e-3,
     weight_decay: float = 1e-4,
     test_fraction: float = 0.15,
     calibration_fraction: float = 0.1,

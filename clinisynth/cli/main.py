@@ -11,8 +11,11 @@ import typer
 
 from clinisynth.cli import knowledge as knowledge_commands
 from clinisynth.cli import trace as trace_commands
+from clinisynth.cli import train as train_commands
 from clinisynth.cli.errors import fail, user_errors
+from clinisynth.cli.evaluate import evaluate
 from clinisynth.cli.prepare import prepare
+from clinisynth.cli.train_classifier import train_classifier
 
 app = typer.Typer(
     name="clinisynth",
@@ -24,6 +27,9 @@ app = typer.Typer(
 app.add_typer(knowledge_commands.app, name="knowledge")
 app.add_typer(trace_commands.app, name="trace")
 app.command("prepare", help="Raw medical image folder / CSV / MedMNIST npz -> clean, de-identified PNG dataset.")(prepare)
+app.command("evaluate", help="Realism, diversity, faithfulness and downstream utility of a synthetic dataset.")(evaluate)
+train_commands.app.command("classifier", help="Train the verifier's classifier on a prepared dataset.")(train_classifier)
+app.add_typer(train_commands.app, name="train")
 
 
 @app.command()

@@ -22,7 +22,7 @@ def train_classifier(
     image_size: Annotated[int, typer.Option(help="input side in pixels (grey)")] = 64,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 12,
     batch_size: Annotated[int, typer.Option(help="images per step")] = 64,
-    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle AdamW)")] = 3e-3,
+    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle AdamW)")] = 1e-3,
     test_fraction: Annotated[float, typer.Option(help="held-out share of DATA without --test-data")] = 0.15,
     calibration_fraction: Annotated[float, typer.Option(help="share of training data for temperature scaling")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed of splits, weights and augmentation")] = 0,
