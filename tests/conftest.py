@@ -46,3 +46,11 @@ def planner(knowledge, retriever):
     from clinisynth.agents.planner import Planner
 
     return Planner(knowledge=knowledge, retriever=retriever)
+
+
+@pytest.fixture(scope="session")
+def reasoner(knowledge):
+    """One lexicon-only reasoner for the session (spaCy / medspaCy matchers take seconds to build)."""
+    from clinisynth.agents.reasoning import Reasoner
+
+    return Reasoner(knowledge=knowledge)

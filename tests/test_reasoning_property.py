@@ -7,13 +7,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 
-@pytest.fixture(scope="module")
-def reasoner(knowledge):
-    from clinisynth.agents.reasoning import Reasoner
-
-    return Reasoner(knowledge=knowledge)
-
-
 def _check(reasoner, knowledge, text):
     from clinisynth.agents.reasoning import build_prompt, build_report
 

@@ -9,13 +9,6 @@ import pytest
 from clinisynth.agents.plan import Finding
 
 
-@pytest.fixture(scope="module")
-def reasoner(knowledge):
-    from clinisynth.agents.reasoning import Reasoner
-
-    return Reasoner(knowledge=knowledge)
-
-
 def read(reasoner, text):
     localization, pathology = reasoner.analyze(text)
     return localization, pathology, {f.id: f for f in pathology.findings}
