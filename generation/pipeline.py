@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from clinisynth.generation.adapters import AdapterError
 from clinisynth.generation.profiles import (
     ModelNotFoundError,
     ModelProfile,
@@ -93,6 +94,51 @@ def _load(profile: ModelProfile, role: str, location: str, loader: Callable[[], 
         raise ModelNotFoundError(missing_model_message(profile, role=role, location=location, detail=detail)) from error
 
 
+def load_components(profile: ModelProfile, *, device: str | None = None, dtype=None):
+    """``(tokenizer, text_encoder, pipeline, device, dtype)`` of ``profile``, loaded with ``from_pretrained``.
+
+    The pipeline is loaded without its own text encoder. Training uses this too, so it trains exactly what
+    :meth:`Generator.from_profile` samples from. Errors as in :meth:`Generator.from_profile`.
+    """
+    from diffusers import StableDiffusionPipeline
+    from transformers import AutoModel, AutoTokenizer
+
+    device, dtype = _resolve_device_and_dtype(device, dtype)
+    check_profile_available(profile)
+    # Encoder first: it is small, so a missing model fails fast before the large U-Net loads.
+    tokenizer = _load(
+        profile,
+        "text_encoder",
+        profile.tokenizer_source,
+        lambda: AutoTokenizer.from_pretrained(profile.tokenizer_source),
+    )
+    text_encoder = _load(
+        profile,
+        "text_encoder",
+        profile.text_encoder,
+        lambda: AutoModel.from_pretrained(profile.text_encoder, dtype=dtype),
+    )
+    pipeline = _load(
+        profile,
+        "generator",
+        profile.generator,
+        lambda: StableDiffusionPipeline.from_pretrained(
+            profile.generator,
+            text_encoder=None,
+            tokenizer=None,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            dtype=dtype,
+        ),
+    )
+    text_encoder.eval().requires_grad_(False)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline = pipeline.to(device)
+    text_encoder = text_encoder.to(device)
+    return tokenizer, text_encoder, pipeline, device, dtype
+
+
 class Generator:
     """A loaded profile: tokenizer, text encoder and Stable Diffusion pipeline on one device.
 
@@ -108,73 +154,183 @@ class Generator:
         dtype: the ``torch.dtype`` the models run in.
     """
 
-    def __init__(self, *, profile: ModelProfile, tokenizer, text_encoder, pipeline, device: str, dtype) -> None:
+    def __init__(self, *, profile: ModelProfile, tokenizer, text_encoder, pipeline, device: str, dtype,
+                 projection=None) -> None:
         hidden = int(text_encoder.config.hidden_size)
         cross = int(pipeline.unet.config.cross_attention_dim)
-        if hidden != cross:
+        if projection is None and hidden != cross:
             raise ValueError(
                 f"profile {profile.name!r}: text encoder {profile.text_encoder!r} has hidden size {hidden} but the "
                 f"generator's U-Net {profile.generator!r} expects cross_attention_dim {cross}; pair models of the "
-                "same width (a projection layer is not supported yet)"
+                "same width, or load an adapter trained with a text projection (from_profile(..., adapters=[...]))"
             )
+        if projection is not None and (projection.in_features, projection.out_features) != (hidden, cross):
+            raise ValueError(f"text projection maps {projection.in_features} -> {projection.out_features}, the models "
+                             f"need {hidden} -> {cross}")
         self.profile = profile
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.pipeline = pipeline
         self.device = device
         self.dtype = dtype
+        self.projection = projection.to(device=device, dtype=dtype) if projection is not None else None
+        self.scheduler_name: str | None = None
+        self._base_scheduler_config = dict(pipeline.scheduler.config)
+        self._initial_scheduler_class = type(pipeline.scheduler)
+        self._adapters: dict[str, dict] = {}  # name -> {"card", "weight"}
+        self._fused = False
+        self._unfused_base: dict = {}
 
     @classmethod
-    def from_profile(cls, profile: ModelProfile, *, device: str | None = None, dtype=None) -> "Generator":
+    def from_profile(cls, profile: ModelProfile, *, device: str | None = None, dtype=None, adapters=None,
+                     scheduler: str | None = None) -> "Generator":
         """Load every model of ``profile`` with ``from_pretrained``.
 
         Args:
             profile: from :func:`clinisynth.generation.profiles.resolve_profile`.
             device: ``"cuda"``, ``"cpu"``, ...; CUDA when available when ``None``.
             dtype: ``torch.dtype`` or its name; float16 on CUDA and float32 on CPU when ``None``.
+            adapters: adapters to load, each an :class:`~clinisynth.generation.adapters.AdapterCard`, an adapter
+                directory, or a ``(card_or_dir, weight)`` pair. An adapter with a text projection lets an encoder
+                of another width drive the U-Net.
+            scheduler: sampler name (:data:`clinisynth.generation.schedulers.SCHEDULER_NAMES`); the checkpoint's
+                own when ``None``.
 
         Raises:
             ModelNotFoundError: a model is missing (naming profile, model and how to supply it).
-            ValueError: bad device / dtype, or encoder and U-Net widths differ.
+            AdapterError: an adapter does not fit (keys, base model, text encoder).
+            ValueError: bad device / dtype / scheduler, or encoder and U-Net widths differ without a projection.
         """
+        from clinisynth.generation.schedulers import canonical_scheduler_name
+
+        if scheduler is not None:
+            canonical_scheduler_name(scheduler)  # fail before loading anything
+        entries = _adapter_entries(adapters)
         from diffusers import StableDiffusionPipeline
         from transformers import AutoModel, AutoTokenizer
 
-        device, dtype = _resolve_device_and_dtype(device, dtype)
-        check_profile_available(profile)
-        # Encoder first: it is small, so a missing model fails fast before the large U-Net loads.
-        tokenizer = _load(
-            profile,
-            "text_encoder",
-            profile.tokenizer_source,
-            lambda: AutoTokenizer.from_pretrained(profile.tokenizer_source),
-        )
-        text_encoder = _load(
-            profile,
-            "text_encoder",
-            profile.text_encoder,
-            lambda: AutoModel.from_pretrained(profile.text_encoder, dtype=dtype),
-        )
-        pipeline = _load(
-            profile,
-            "generator",
-            profile.generator,
-            lambda: StableDiffusionPipeline.from_pretrained(
-                profile.generator,
-                text_encoder=None,
-                tokenizer=None,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-                dtype=dtype,
-            ),
-        )
-        text_encoder.eval().requires_grad_(False)
-        pipeline.set_progress_bar_config(disable=True)
-        pipeline = pipeline.to(device)
-        text_encoder = text_encoder.to(device)
-        return cls(profile=profile, tokenizer=tokenizer, text_encoder=text_encoder, pipeline=pipeline, device=device,
-                   dtype=dtype)
+        tokenizer, text_encoder, pipeline, device, dtype = load_components(profile, device=device, dtype=dtype)
+        projection = None
+        with_projection = [card for card, _ in entries if card.projection]
+        if len(with_projection) > 1:
+            raise AdapterError(f"adapters {[c.name for c in with_projection]} each carry a text projection; combine "
+                               "adapters trained without one, or load them one at a time")
+        if with_projection:
+            from clinisynth.generation.projection import load_projection
+
+            projection = load_projection(with_projection[0].path, in_dim=int(text_encoder.config.hidden_size),
+                                         out_dim=int(pipeline.unet.config.cross_attention_dim))
+        generator = cls(profile=profile, tokenizer=tokenizer, text_encoder=text_encoder, pipeline=pipeline,
+                        device=device, dtype=dtype, projection=projection)
+        for card, weight in entries:
+            generator.load_adapter(card)
+        if entries:
+            generator.set_adapter_weights({card.name: weight for card, weight in entries})
+        if scheduler is not None:
+            generator.set_scheduler(scheduler)
+        return generator
+
+    # --- samplers and adapters ---------------------------------------------------------------------------------
+
+    def set_scheduler(self, name: str | None) -> None:
+        """Sample with scheduler ``name`` from now on (``None``: the checkpoint's own); same noise schedule."""
+        from clinisynth.generation.schedulers import canonical_scheduler_name, make_scheduler
+
+        if name is None:
+            if self.scheduler_name is not None:
+                self.pipeline.scheduler = self._initial_scheduler_class.from_config(self._base_scheduler_config)
+                self.scheduler_name = None
+            return
+        canonical = canonical_scheduler_name(name)
+        if canonical != self.scheduler_name:
+            self.pipeline.scheduler = make_scheduler(canonical, config=self._base_scheduler_config)
+            self.scheduler_name = canonical
+
+    def load_adapter(self, adapter, *, name: str | None = None) -> str:
+        """Load one LoRA adapter (a card or a directory), checked against this U-Net and encoder; return its name.
+
+        It is active at weight 1 alongside those already loaded (:meth:`set_adapter_weights` changes that).
+        """
+        from clinisynth.generation.adapters import check_compatible, inject_adapter
+
+        card = _as_card(adapter)
+        if self._fused:
+            raise AdapterError("adapters are fused; call unfuse_adapters() before loading another")
+        if card.projection and self.projection is None:
+            raise AdapterError(f"adapter {card.name!r} carries a text projection; load it with "
+                               "Generator.from_profile(..., adapters=[...]) so the projection is used")
+        check_compatible(card, unet=self.pipeline.unet, text_encoder=self.text_encoder,
+                         max_length=self.profile.max_length)
+        adapter_name = name or card.name
+        inject_adapter(self.pipeline.unet, card, adapter_name=adapter_name)
+        self._adapters[adapter_name] = {"card": card, "weight": 1.0}
+        self.pipeline.unet.set_adapters(list(self._adapters), [e["weight"] for e in self._adapters.values()])
+        return adapter_name
+
+    def set_adapter_weights(self, weights: dict[str, float]) -> None:
+        """Combine the loaded adapters with these weights (names not given are switched off, weight 0)."""
+        unknown = sorted(set(weights) - set(self._adapters))
+        if unknown:
+            raise AdapterError(f"adapter(s) {unknown} are not loaded; loaded: {sorted(self._adapters) or 'none'}")
+        for adapter_name, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                    or not -4 <= weight <= 4:
+                raise ValueError(f"adapter weight of {adapter_name!r} must be a number from -4 to 4, got {weight!r}")
+        if self._fused:
+            raise AdapterError("adapters are fused; call unfuse_adapters() before changing weights")
+        for adapter_name, entry in self._adapters.items():
+            entry["weight"] = float(weights.get(adapter_name, 0.0))
+        self.pipeline.unet.set_adapters(list(self._adapters), [e["weight"] for e in self._adapters.values()])
+
+    def fuse_adapters(self) -> None:
+        """Merge the active adapters (at their weights) into the U-Net weights: faster sampling, same images."""
+        if not self._adapters:
+            raise AdapterError("no adapter is loaded: nothing to fuse")
+        if not self._fused:
+            # Merging and un-merging leaves rounding error in the base weights; keep the exact ones to put back.
+            self._unfused_base = {name: p.detach().clone() for name, p in self.pipeline.unet.named_parameters()
+                                  if ".base_layer." in name}
+            self.pipeline.unet.fuse_lora(lora_scale=1.0, adapter_names=list(self._adapters))
+            self._fused = True
+
+    def unfuse_adapters(self) -> None:
+        """Undo :meth:`fuse_adapters`."""
+        if self._fused:
+            import torch
+
+            unet = self.pipeline.unet
+            unet.unfuse_lora()
+            parameters = dict(unet.named_parameters())
+            with torch.no_grad():
+                for name, value in self._unfused_base.items():
+                    parameters[name].copy_(value)
+            self._unfused_base = {}
+            self._fused = False
+
+    def unload_adapters(self, names: list[str] | None = None) -> None:
+        """Remove adapters (all when ``names`` is ``None``); with none left the U-Net is the base model again."""
+        names = list(self._adapters) if names is None else list(names)
+        unknown = sorted(set(names) - set(self._adapters))
+        if unknown:
+            raise AdapterError(f"adapter(s) {unknown} are not loaded; loaded: {sorted(self._adapters) or 'none'}")
+        if not names:
+            return
+        self.unfuse_adapters()
+        unet = self.pipeline.unet
+        for adapter_name in names:
+            self._adapters.pop(adapter_name)
+        if self._adapters:
+            unet.delete_adapters(names)
+            unet.set_adapters(list(self._adapters), [e["weight"] for e in self._adapters.values()])
+        else:
+            unet.unload_lora()  # the LoRA layers go; the base layers are back in place
+            unet.enable_lora()
+
+    @property
+    def adapters(self) -> list[dict]:
+        """Loaded adapters for metadata: ``[{"name", "weight", "fused", "modality", "labels"}]``."""
+        return [{"name": n, "weight": e["weight"], "fused": self._fused, "modality": e["card"].modality,
+                 "labels": list(e["card"].labels)} for n, e in self._adapters.items()]
 
     @property
     def model_ids(self) -> dict[str, str]:
@@ -202,6 +358,8 @@ class Generator:
                 max_length=self.profile.max_length,
                 device=self.device,
             )
+            if self.projection is not None:
+                embeds = self.projection(embeds.to(self.projection.weight.dtype))
         return embeds.to(dtype=self.pipeline.unet.dtype), mask
 
     def generate(
@@ -214,6 +372,7 @@ class Generator:
         guidance: float,
         batch_size: int = 4,
         callback: Callable[[int, int], None] | None = None,
+        scheduler: str | None = None,
     ) -> list[GeneratedImage]:
         """Sample one image per seed, in the order of ``seeds``.
 
@@ -228,11 +387,14 @@ class Generator:
             guidance: classifier-free guidance scale, 0..30 (at most 1 means no guidance).
             batch_size: images per diffusion call, at least 1.
             callback: called as ``callback(done, total)`` after each batch.
+            scheduler: sampler name for this and later calls (see :meth:`set_scheduler`); unchanged when ``None``.
         """
         import torch
 
         _validate_request(prompt=prompt, negative_prompt=negative_prompt, seeds=seeds, steps=steps,
                           guidance=guidance, batch_size=batch_size)
+        if scheduler is not None:
+            self.set_scheduler(scheduler)
         embeds, _ = self.encode([prompt, negative_prompt])
         prompt_embeds, negative_embeds = embeds[0:1], embeds[1:2]
         side = self.profile.resolution
@@ -281,3 +443,30 @@ def _validate_request(*, prompt, negative_prompt, seeds, steps, guidance, batch_
         raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
+
+
+def _as_card(adapter):
+    from pathlib import Path
+
+    from clinisynth.generation.adapters import AdapterCard, read_card
+
+    if isinstance(adapter, AdapterCard):
+        return adapter
+    if isinstance(adapter, (str, Path)):
+        return read_card(Path(adapter))
+    raise TypeError(f"an adapter is an AdapterCard or a directory, got {type(adapter).__name__}")
+
+
+def _adapter_entries(adapters) -> list:
+    """``[(card, weight)]`` from the forms :meth:`Generator.from_profile` accepts."""
+    entries = []
+    for item in adapters or []:
+        if isinstance(item, tuple):
+            adapter, weight = item
+        else:
+            adapter, weight = item, 1.0
+        entries.append((_as_card(adapter), float(weight)))
+    names = [card.name for card, _ in entries]
+    if len(set(names)) != len(names):
+        raise AdapterError(f"the same adapter is listed twice: {names}")
+    return entries

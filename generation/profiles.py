@@ -125,6 +125,23 @@ def missing_model_message(profile: ModelProfile, *, role: str, location: str, de
     return message
 
 
+#: Written by ``clinisynth train scratch`` into the generator folder (resolution, max_length, text encoder, data).
+GENERATOR_RECORD = "clinisynth_generator.json"
+
+
+def _generator_record(location: str) -> dict:
+    import json
+
+    path = Path(location).expanduser() / GENERATOR_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as error:
+        raise ModelNotFoundError(f"{path} is not valid JSON ({error}); retrain or restore the generator") from error
+    return record if isinstance(record, dict) else {}
+
+
 def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None) -> ModelProfile:
     """The :class:`ModelProfile` called ``name``.
 
@@ -169,14 +186,17 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
     if name == "demo":
         text_encoder = overrides.get("demo_text_encoder") or str(packaged_minilm_dir())
         generator = overrides.get("demo_generator") or str(cache_dir / "models" / "demo-generator")
+        # A generator trained by `clinisynth train scratch` records the resolution and token length it was trained
+        # with; sampling must use the same.
+        trained = _generator_record(generator)
         return ModelProfile(
             name="demo",
             text_encoder=text_encoder,
             generator=generator,
-            resolution=64,
-            default_steps=25,
-            default_guidance=3.0,
-            max_length=128,
+            resolution=int(trained.get("resolution", 64)),
+            default_steps=int(trained.get("default_steps", 25)),
+            default_guidance=float(trained.get("default_guidance", 3.0)),
+            max_length=int(trained.get("max_length", 128)),
             description="packaged all-MiniLM-L6-v2 text encoder + small SD-architecture generator trained by this "
             "project on shared/data; runs offline on a CPU",
             how_to_supply={

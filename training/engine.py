@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
+from clinisynth.training.checkpoints import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from clinisynth.training.plots import contact_sheet, plot_loss_curve
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -48,6 +48,8 @@ class LoopSettings:
         seed: seeds noise, timesteps and shuffling.
         resume: ``None``, ``"latest"`` or a checkpoint folder.
         log_every: steps between log lines.
+        max_minutes: stop early (cleanly: validation, checkpoint, save) after this much wall time; ``None`` for no
+            limit. For short runs on shared machines.
     """
 
     output_dir: Path
@@ -67,6 +69,7 @@ class LoopSettings:
     seed: int = 0
     resume: str | None = None
     log_every: int = 10
+    max_minutes: float | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
@@ -315,13 +318,19 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
                 contact_sheet(out / "samples.png", images, columns=min(4, len(images)), labels=sample_labels)
             inner.train()
         plot_loss_curve(out / "loss_curve.png", train=[tuple(x) for x in train_loss],
-                        validation=[tuple(x) for x in val_loss], title=f"{out.name}: step {at_step}")
+                        validation=[tuple(x) for x in val_loss], title=f"{out.name}: step {at_step}",
+                        train_label=("train, min-SNR weighted" if settings.snr_gamma else "train MSE"))
         log(f"step {at_step}: validation loss {value if value is None else round(value, 5)}")
 
     began = time.perf_counter()
     model.train()
     running: list[float] = []
+    step_seconds: list[float] = []  # optimizer-step wall times, validation and checkpoints excluded
+    step_began = time.perf_counter()
     while step < settings.max_steps:
+        if settings.max_minutes is not None and _out_of_time(accelerator, began, settings.max_minutes):
+            log(f"stopping at step {step}: the {settings.max_minutes} min budget is spent")
+            break
         with accelerator.accumulate(model):
             index = torch.randint(0, count, (settings.batch_size,), generator=shard)
             index = index.to(device)
@@ -359,6 +368,9 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
         running.append(float(loss.detach()))
         if not accelerator.sync_gradients:
             continue
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        step_seconds.append(time.perf_counter() - step_began)
         step += 1
         mean_loss = float(accelerator.gather(torch.tensor([sum(running) / len(running)], device=device)).mean())
         running.clear()
@@ -366,7 +378,7 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
         if ema is not None:
             ema.update(trainable)
         if step % settings.log_every == 0 and accelerator.is_main_process:
-            rate = (time.perf_counter() - began) / max(1, step - (train_loss[0][0] - 1))
+            rate = sum(step_seconds[-settings.log_every:]) / len(step_seconds[-settings.log_every:])
             log(f"step {step}/{settings.max_steps} loss {mean_loss:.4f} ({rate:.2f} s/step)")
         if settings.validation_every and step % settings.validation_every == 0 and step < settings.max_steps:
             evaluate_and_plot(step)
@@ -378,7 +390,16 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
                          "train_loss": train_loss, "validation_loss": val_loss, "rng": torch.get_rng_state()}
                 save_checkpoint(out, step=step, state=state, fingerprint=fingerprint, identity=identity,
                                 keep=settings.keep_checkpoints)
+        step_began = time.perf_counter()
     accelerator.wait_for_everyone()
+    if settings.checkpoint_every and accelerator.is_main_process and not list_checkpoints(out)[-1:] == [
+            out / "checkpoints" / f"step_{step:06d}"]:
+        # A run stopped by its time budget can be resumed from exactly here.
+        state = {"trainable": {k: v.detach().cpu() for k, v in trainable.items()},
+                 "optimizer": optimizer.state_dict(), "ema": ema.shadow if ema else None,
+                 "train_loss": train_loss, "validation_loss": val_loss, "rng": torch.get_rng_state()}
+        save_checkpoint(out, step=step, state=state, fingerprint=fingerprint, identity=identity,
+                        keep=settings.keep_checkpoints)
     evaluate_and_plot(step)
     if ema is not None:  # the saved model is the averaged one
         with torch.no_grad():
@@ -392,6 +413,7 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
         "final_train_loss": (sum(x[1] for x in train_loss[-20:]) / len(train_loss[-20:])) if train_loss else None,
         "final_validation_loss": val_loss[-1][1] if val_loss else None,
         "processes": accelerator.num_processes,
+        "step_seconds": [round(x, 5) for x in step_seconds],
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
     }
     if accelerator.is_main_process:
@@ -399,6 +421,14 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         os.replace(tmp, out / "metrics.json")
     return metrics
+
+
+def _out_of_time(accelerator, began: float, minutes: float) -> bool:
+    import torch
+
+    # Decided on the main process and broadcast, so every process stops at the same step.
+    flag = torch.tensor([1.0 if time.perf_counter() - began > minutes * 60 else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum") > 0)
 
 
 def encode_latents(vae, images, *, batch_size: int = 32):
@@ -430,9 +460,5 @@ def encode_captions(*, tokenizer, text_encoder, captions: list[str], max_length:
                                     prompts=distinct[start:start + batch_size], max_length=max_length)
             chunks.append(embeds.float().cpu())
     return torch.tensor([position[c] for c in captions], dtype=torch.long), torch.cat(chunks), distinct
-
-
-def seconds_to_text(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.1f} s"
 
 

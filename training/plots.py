@@ -11,8 +11,12 @@ def _replace(tmp: Path, path: Path) -> None:
 
 
 def plot_loss_curve(path: Path, *, train: list[tuple[int, float]], validation: list[tuple[int, float]],
-                    title: str = "loss") -> Path:
-    """Write a PNG with the training loss (light) and the held-out validation loss (markers) against steps."""
+                    title: str = "loss", train_label: str = "train") -> Path:
+    """Write a PNG with the training loss (light) and the held-out validation loss (markers) against steps.
+
+    ``train_label`` says what the training loss is (e.g. min-SNR weighted, which is not comparable in scale to the
+    unweighted validation MSE).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,15 +26,15 @@ def plot_loss_curve(path: Path, *, train: list[tuple[int, float]], validation: l
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     if train:
         steps, values = zip(*train)
-        axis.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=0.8, label="train (per step)")
+        axis.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=0.8, label=f"{train_label} (per step)")
         if len(values) >= 20:  # a running mean makes the trend readable
             window = max(5, len(values) // 20)
             smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
                       for i in range(len(values))]
-            axis.plot(steps, smooth, color="tab:blue", linewidth=1.5, label=f"train (mean of {window})")
+            axis.plot(steps, smooth, color="tab:blue", linewidth=1.5, label=f"{train_label} (mean of {window})")
     if validation:
         steps, values = zip(*validation)
-        axis.plot(steps, values, color="tab:red", marker="o", linewidth=1.5, label="validation (held out)")
+        axis.plot(steps, values, color="tab:red", marker="o", linewidth=1.5, label="validation MSE (held out, unweighted)")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("noise-prediction MSE")
     axis.set_title(title)

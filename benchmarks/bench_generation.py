@@ -1,0 +1,90 @@
+"""Images per second through clinisynth's Generator vs a bare diffusers pipeline of the same components.
+
+Both sample the same prompt, seeds, steps, guidance and batch, with the same text encoder (BERT, attention mask
+on, 128 tokens), VAE, U-Net and scheduler, alternating in one process so machine load hits both alike.
+
+    python benchmarks/bench_generation.py [--profile tiny|demo] [--n 8] [--batch 4] [--steps 20] [--rounds 5]
+        [--device cpu|cuda] [--dtype float32|float16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PROMPT = "PA chest radiograph, right lower lobe consolidation"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--n", type=int, default=8, help="images per round")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    args = parser.parse_args()
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from clinisynth.generation.pipeline import Generator
+    from clinisynth.generation.profiles import resolve_profile
+
+    cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="bench-gen-"))
+    profile = resolve_profile(args.profile, cache_dir=cache_dir)
+    ours = Generator.from_profile(profile, device=args.device, dtype=args.dtype)
+    # The bare pipeline: the very same modules, diffusers' own prompt encoding (mask on, same token length).
+    ours.text_encoder.config.use_attention_mask = True
+    ours.tokenizer.model_max_length = profile.max_length
+    bare = StableDiffusionPipeline(vae=ours.pipeline.vae, text_encoder=ours.text_encoder, tokenizer=ours.tokenizer,
+                                   unet=ours.pipeline.unet, scheduler=ours.pipeline.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    bare.set_progress_bar_config(disable=True)
+    seeds = list(range(args.n))
+    side = profile.resolution
+
+    def run_ours() -> float:
+        began = time.perf_counter()
+        ours.generate(prompt=PROMPT, negative_prompt="", seeds=seeds, steps=args.steps, guidance=3.0,
+                      batch_size=args.batch)
+        return time.perf_counter() - began
+
+    def run_bare() -> float:
+        began = time.perf_counter()
+        for start in range(0, args.n, args.batch):
+            batch = seeds[start:start + args.batch]
+            with torch.inference_mode():
+                bare(prompt=[PROMPT] * len(batch), negative_prompt=[""] * len(batch), num_inference_steps=args.steps,
+                     guidance_scale=3.0, height=side, width=side, output_type="pil",
+                     generator=[torch.Generator("cpu").manual_seed(s) for s in batch])
+        return time.perf_counter() - began
+
+    run_ours(), run_bare()  # warm-up
+    ours_times, bare_times = [], []
+    for _ in range(args.rounds):
+        ours_times.append(run_ours())
+        bare_times.append(run_bare())
+    ours_ips = args.n / statistics.median(ours_times)
+    bare_ips = args.n / statistics.median(bare_times)
+    print(json.dumps({
+        "benchmark": "generation images/s", "profile": args.profile, "device": ours.device, "dtype": str(ours.dtype),
+        "resolution": side, "steps": args.steps, "batch": args.batch, "images_per_round": args.n,
+        "rounds": args.rounds, "clinisynth_images_per_s": round(ours_ips, 3),
+        "bare_diffusers_images_per_s": round(bare_ips, 3), "ratio": round(ours_ips / bare_ips, 3),
+        "machine": machine(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

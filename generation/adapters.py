@@ -1,0 +1,387 @@
+"""LoRA adapter registry: list, choose, load (checked), combine with weights, fuse, unload.
+
+An adapter is a directory (DESIGN.md)::
+
+    adapter_model.safetensors     PEFT weights (keys ``base_model.model.<module>.lora_A.weight``)
+    adapter_config.json           PEFT ``LoraConfig`` (rank, alpha, target modules)
+    pytorch_lora_weights.safetensors   the same weights in diffusers' format (keys ``unet.<module>...``)
+    clinisynth_adapter.json       the card as data: base model, text encoder, modality, labels, rank, steps, data,
+                                  metrics, and signatures of the base U-Net and encoder it was trained on
+    README.md                     the card for people
+    text_projection.*             only when the encoder width differs from the U-Net's cross-attention width
+
+Loading checks every key and shape against the U-Net before anything changes (diffusers' own loaders
+silently load nothing from keys with the wrong prefix, see PITFALLS.md), and refuses an adapter whose
+recorded base model or text encoder signature differs from the loaded ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+CARD_DATA = "clinisynth_adapter.json"
+CARD_TEXT = "README.md"
+REQUIRED_FILES = (PEFT_WEIGHTS, PEFT_CONFIG, DIFFUSERS_WEIGHTS, CARD_DATA)
+PEFT_PREFIX = "base_model.model."
+DIFFUSERS_PREFIX = "unet."
+#: U-Net attention projections LoRA is injected into.
+DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+#: Relative tolerance of signature comparison: survives fp16 / bf16 loading, not a different model.
+SIGNATURE_RTOL = 2e-2
+
+
+class AdapterError(ValueError):
+    """An adapter cannot be listed, chosen or loaded (message names the adapter and the fix)."""
+
+
+@dataclass(frozen=True)
+class AdapterCard:
+    """What an adapter is for, read from ``clinisynth_adapter.json``.
+
+    Args:
+        name: the folder name (how it is chosen by name).
+        path: the adapter folder.
+        base_model: where the base generator came from (hub id or dir), for people.
+        text_encoder: where the text encoder came from, for people.
+        modality: modality id the adapter was trained on (``modality.chest_xray``).
+        labels: class labels it was trained on.
+        rank, alpha: LoRA rank and alpha.
+        steps: optimizer steps trained.
+        base_signature, text_encoder_signature: numbers that identify the weights it was trained on.
+        max_length: token length used at training.
+        projection: carries a text projection.
+        prompts: a typical training caption per label.
+        data, metrics: free-form provenance.
+    """
+
+    name: str
+    path: Path
+    base_model: str
+    text_encoder: str
+    modality: str
+    labels: tuple[str, ...]
+    rank: int
+    alpha: float
+    steps: int
+    base_signature: tuple[float, ...]
+    text_encoder_signature: tuple[float, ...]
+    max_length: int = 128
+    projection: bool = False
+    prompts: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+# --- signatures ----------------------------------------------------------------------------------------------
+
+
+def unet_signature(unet) -> tuple[float, ...]:
+    """Per-channel means and stds of the U-Net's first convolution plus its widths: identifies the base weights.
+
+    LoRA touches attention only, so the signature is the same before and after loading or fusing adapters.
+    """
+    weight = unet.conv_in.weight.detach().float().cpu().flatten(1)[:16]
+    config = unet.config
+    return tuple([float(config.cross_attention_dim), float(config.in_channels), float(sum(config.block_out_channels))]
+                 + [round(float(v), 6) for v in weight.mean(1)] + [round(float(v), 6) for v in weight.std(1)])
+
+
+def encoder_signature(text_encoder) -> tuple[float, ...]:
+    """Widths plus the means and stds of the first word-embedding rows: identifies the text encoder's weights."""
+    rows = text_encoder.get_input_embeddings().weight.detach().float().cpu()[1000:1016]
+    config = text_encoder.config
+    return tuple([float(config.hidden_size), float(config.vocab_size)]
+                 + [round(float(v), 6) for v in rows.mean(1)] + [round(float(v), 6) for v in rows.std(1)])
+
+
+def signatures_match(a, b) -> bool:
+    """Same widths exactly, same statistics within :data:`SIGNATURE_RTOL`."""
+    import math
+
+    if len(a) != len(b):
+        return False
+    return all(math.isclose(x, y, rel_tol=SIGNATURE_RTOL, abs_tol=1e-4) for x, y in zip(a, b))
+
+
+# --- the registry ---------------------------------------------------------------------------------------------
+
+
+def read_card(directory: Path) -> AdapterCard:
+    """The card of the adapter in ``directory``.
+
+    Raises:
+        AdapterError: a required file is missing or the card is malformed.
+    """
+    directory = Path(directory)
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise AdapterError(f"adapter {directory} lacks {', '.join(missing)}; an adapter folder needs "
+                           f"{', '.join(REQUIRED_FILES)} (as `clinisynth train lora` writes)")
+    try:
+        raw = json.loads((directory / CARD_DATA).read_text())
+        return AdapterCard(
+            name=directory.name, path=directory, base_model=str(raw["base_model"]),
+            text_encoder=str(raw["text_encoder"]), modality=str(raw["modality"]),
+            labels=tuple(str(x) for x in raw["labels"]), rank=int(raw["rank"]), alpha=float(raw["alpha"]),
+            steps=int(raw["steps"]), base_signature=tuple(float(x) for x in raw["base_signature"]),
+            text_encoder_signature=tuple(float(x) for x in raw["text_encoder_signature"]),
+            max_length=int(raw.get("max_length", 128)), projection=bool(raw.get("projection", False)),
+            prompts=dict(raw.get("prompts", {})), data=dict(raw.get("data", {})),
+            metrics=dict(raw.get("metrics", {})),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise AdapterError(f"adapter card {directory / CARD_DATA} is malformed ({type(error).__name__}: {error})") \
+            from error
+
+
+def _modality_id(modality) -> str | None:
+    if modality is None:
+        return None
+    if isinstance(modality, dict):
+        return modality.get("id")
+    return getattr(modality, "id", modality)
+
+
+class AdapterRegistry:
+    """The adapters in one directory (each sub-folder with a card is an adapter).
+
+    Args:
+        directory: folder of adapter folders; it must exist.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise AdapterError(f"adapter directory {self.directory} does not exist; train one with "
+                               "`clinisynth train lora --output DIR/<name>` or point the setting at the right folder")
+
+    def cards(self) -> list[AdapterCard]:
+        """Every adapter, sorted by name. A folder with some adapter files but not all is an error, not skipped."""
+        cards = []
+        for child in sorted(self.directory.iterdir()):
+            if not child.is_dir() or child.name.startswith("."):
+                continue
+            if any((child / name).exists() for name in REQUIRED_FILES):
+                cards.append(read_card(child))
+        return cards
+
+    def get(self, name: str) -> AdapterCard:
+        """The adapter called ``name``; the error lists the known names."""
+        for card in self.cards():
+            if card.name == name:
+                return card
+        known = ", ".join(c.name for c in self.cards()) or "none"
+        raise AdapterError(f"no adapter named {name!r} in {self.directory}; adapters there: {known}")
+
+    def select(self, *, name: str, label: str | None = None) -> AdapterCard:
+        """The adapter ``name``, checked to know ``label`` when one is given."""
+        card = self.get(name)
+        if label is not None and label not in card.labels:
+            raise AdapterError(f"adapter {name!r} was not trained on label {label!r}; it knows "
+                               f"{', '.join(card.labels)}")
+        return card
+
+    def choose(self, *, modality, label: str | None) -> AdapterCard | None:
+        """The adapter for ``modality`` (an id or ``{id, term}``) and ``label``, or ``None`` when the modality has none.
+
+        Among adapters of the modality that know the label, the one trained on the fewest labels (most specific)
+        wins, ties by name.
+
+        Raises:
+            AdapterError: the modality has adapters but none knows ``label`` (the message lists their labels).
+        """
+        modality_id = _modality_id(modality)
+        if modality_id is None:
+            return None
+        of_modality = [c for c in self.cards() if c.modality == modality_id]
+        if not of_modality:
+            return None
+        if label is None:
+            return min(of_modality, key=lambda c: (-len(c.labels), c.name))  # the broadest one
+        fitting = [c for c in of_modality if label in c.labels]
+        if not fitting:
+            known = sorted({x for c in of_modality for x in c.labels})
+            raise AdapterError(f"no adapter for {modality_id} knows label {label!r}; labels covered there: "
+                               f"{', '.join(known)}")
+        return min(fitting, key=lambda c: (len(c.labels), c.name))
+
+    def for_plan(self, plan) -> AdapterCard | None:
+        """:meth:`choose` with the plan's ``modality`` and ``label`` (a dict or an object with those fields)."""
+        get = plan.get if isinstance(plan, dict) else (lambda key: getattr(plan, key, None))
+        return self.choose(modality=get("modality"), label=get("label"))
+
+
+# --- loading into a U-Net --------------------------------------------------------------------------------------
+
+
+def expected_lora_keys(unet, *, target_modules, rank: int) -> dict[str, tuple[int, int]]:
+    """``{key: shape}`` a LoRA of ``rank`` on ``target_modules`` of ``unet`` has (diffusers keys without ``unet.``)."""
+    import torch
+
+    keys: dict[str, tuple[int, int]] = {}
+    for name, module in unet.named_modules():
+        if "lora_" in name or name.endswith("base_layer"):
+            continue
+        if not any(name == t or name.endswith("." + t) for t in target_modules):
+            continue
+        base = getattr(module, "base_layer", module)
+        if not isinstance(base, torch.nn.Linear):
+            continue
+        keys[f"{name}.lora_A.weight"] = (rank, base.in_features)
+        keys[f"{name}.lora_B.weight"] = (base.out_features, rank)
+    return keys
+
+
+def read_adapter_weights(card: AdapterCard, *, unet) -> tuple[dict, dict]:
+    """``(state_dict, lora_config_kwargs)`` of ``card``, with every key and shape checked against ``unet``.
+
+    Raises:
+        AdapterError: missing or unexpected keys, wrong shapes, or the PEFT and diffusers files disagree.
+    """
+    from safetensors.torch import load_file
+
+    config = json.loads((card.path / PEFT_CONFIG).read_text())
+    target_modules = config.get("target_modules") or list(DEFAULT_TARGET_MODULES)
+    rank = int(config.get("r", card.rank))
+    expected = expected_lora_keys(unet, target_modules=target_modules, rank=rank)
+    diffusers_state = load_file(str(card.path / DIFFUSERS_WEIGHTS))
+    peft_state = load_file(str(card.path / PEFT_WEIGHTS))
+    for file_name, state, prefix in ((DIFFUSERS_WEIGHTS, diffusers_state, DIFFUSERS_PREFIX),
+                                     (PEFT_WEIGHTS, peft_state, PEFT_PREFIX)):
+        wrong_prefix = [k for k in state if not k.startswith(prefix)]
+        if wrong_prefix:
+            raise AdapterError(f"adapter {card.name!r}: {len(wrong_prefix)} key(s) of {file_name} lack the "
+                               f"{prefix!r} prefix (e.g. {wrong_prefix[0]!r}); it was not written by clinisynth")
+    state = {k[len(DIFFUSERS_PREFIX):]: v for k, v in diffusers_state.items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(
+            f"adapter {card.name!r} does not fit this U-Net: {len(missing)} missing key(s)"
+            f"{' e.g. ' + repr(missing[0]) if missing else ''}, {len(unexpected)} unexpected key(s)"
+            f"{' e.g. ' + repr(unexpected[0]) if unexpected else ''}; it was trained for another model or targets"
+        )
+    bad_shapes = [(k, tuple(v.shape), expected[k]) for k, v in state.items() if tuple(v.shape) != expected[k]]
+    if bad_shapes:
+        key, got, want = bad_shapes[0]
+        raise AdapterError(f"adapter {card.name!r}: {key} has shape {got}, this U-Net needs {want}")
+    peft = {k[len(PEFT_PREFIX):]: v for k, v in peft_state.items()}
+    if peft.keys() != state.keys() or any(not peft[k].equal(state[k]) for k in state):
+        raise AdapterError(f"adapter {card.name!r}: {PEFT_WEIGHTS} and {DIFFUSERS_WEIGHTS} hold different weights; "
+                           "re-export the adapter")
+    kwargs = {"r": rank, "lora_alpha": float(config.get("lora_alpha", card.alpha)),
+              "target_modules": list(target_modules), "lora_dropout": 0.0}
+    return state, kwargs
+
+
+def check_compatible(card: AdapterCard, *, unet, text_encoder, max_length: int | None = None) -> None:
+    """Refuse an adapter trained on another base U-Net or text encoder (by weight signature)."""
+    if not signatures_match(card.base_signature, unet_signature(unet)):
+        raise AdapterError(f"adapter {card.name!r} was trained on base model {card.base_model!r}, whose weights differ "
+                           "from the loaded generator's; use an adapter trained on this base model")
+    if not signatures_match(card.text_encoder_signature, encoder_signature(text_encoder)):
+        raise AdapterError(f"adapter {card.name!r} was trained with text encoder {card.text_encoder!r}, which differs "
+                           "from the loaded text encoder; use an adapter trained with this encoder")
+    if max_length is not None and card.max_length != max_length:
+        raise AdapterError(f"adapter {card.name!r} was trained with max_length {card.max_length}, the profile encodes "
+                           f"with {max_length}; set the profile's max_length to {card.max_length}")
+
+
+def inject_adapter(unet, card: AdapterCard, *, adapter_name: str) -> None:
+    """Add ``card``'s LoRA to ``unet`` under ``adapter_name`` (keys checked first; nothing changes on error)."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    if adapter_name in _adapter_names(unet):
+        raise AdapterError(f"an adapter named {adapter_name!r} is already loaded; unload it first or pick another name")
+    state, kwargs = read_adapter_weights(card, unet=unet)
+    unet.add_adapter(LoraConfig(**kwargs), adapter_name=adapter_name)
+    result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        unet.delete_adapters([adapter_name])
+        raise AdapterError(f"adapter {card.name!r}: PEFT did not place {len(unexpected)} key(s), e.g. "
+                           f"{unexpected[0]!r}")
+    # `disable_lora` survives deletes and new loads (PITFALLS.md): a freshly loaded adapter must be active.
+    unet.enable_lora()
+
+
+def _adapter_names(unet) -> list[str]:
+    config = getattr(unet, "peft_config", None)
+    return list(config) if config else []
+
+
+# --- writing --------------------------------------------------------------------------------------------------
+
+
+def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card: dict, projection=None,
+                 card_text: str | None = None) -> Path:
+    """Write an adapter folder (all files of the module docstring), staged and renamed into place.
+
+    Args:
+        directory: the adapter folder to create (replaced as a whole when it is an adapter already).
+        unet: U-Net holding the trained adapter ``adapter_name``.
+        lora_config: the ``peft.LoraConfig`` it was trained with.
+        card: card data (see :class:`AdapterCard`; signatures, labels, ...).
+        projection: a trained text projection, or ``None``.
+        card_text: the README; a summary of ``card`` when ``None``.
+    """
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from clinisynth.generation.projection import save_projection
+
+    directory = Path(directory)
+    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    config = lora_config.to_dict()
+    config = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in config.items()}
+    config["base_model_name_or_path"] = card.get("base_model")
+    config["peft_type"] = "LORA"
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        save_file({PEFT_PREFIX + k: v for k, v in state.items()}, str(staging / PEFT_WEIGHTS))
+        save_file({DIFFUSERS_PREFIX + k: v for k, v in state.items()}, str(staging / DIFFUSERS_WEIGHTS))
+        (staging / PEFT_CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
+        if projection is not None:
+            save_projection(projection, staging)
+        (staging / CARD_DATA).write_text(json.dumps({**card, "projection": projection is not None}, indent=2,
+                                                    default=str) + "\n")
+        (staging / CARD_TEXT).write_text(card_text or card_markdown(card))
+        read_card(staging)  # what we wrote must read back
+        if directory.exists():
+            if not (directory / CARD_DATA).is_file():
+                raise AdapterError(f"{directory} exists and is not an adapter; choose another output folder")
+            shutil.rmtree(directory)
+        os.rename(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def card_markdown(card: dict) -> str:
+    """The human-readable card."""
+    lines = [f"# LoRA adapter: {card.get('modality')} / {', '.join(card.get('labels', []))}", ""]
+    for key in ("base_model", "text_encoder", "modality", "labels", "rank", "alpha", "steps", "max_length"):
+        lines.append(f"- {key.replace('_', ' ')}: {card.get(key)}")
+    lines += ["", "## Data", "", "```json", json.dumps(card.get("data", {}), indent=2), "```", "", "## Metrics", "",
+              "```json", json.dumps(card.get("metrics", {}), indent=2), "```", "",
+              "Load with `clinisynth.generation.adapters.AdapterRegistry` (keys, base model and text encoder are "
+              "checked). Synthetic images are not for clinical use.", ""]
+    return "\n".join(lines)
+
+
+def adapter_summary(entries: list[dict[str, Any]]) -> str:
+    """``name:weight`` list for metadata (``adapters`` column)."""
+    return ";".join(f"{e['name']}:{e['weight']:g}" for e in entries)

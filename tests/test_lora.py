@@ -1,0 +1,214 @@
+"""training/lora.py (+ engine, checkpoints, data, captions): LoRA training on the tiny profile, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+from _training_helpers import CAPTIONS, make_dataset
+
+from clinisynth.generation.adapters import AdapterRegistry, read_card
+from clinisynth.generation.pipeline import Generator
+from clinisynth.generation.profiles import resolve_profile
+from clinisynth.training.checkpoints import CheckpointError, list_checkpoints
+from clinisynth.training.data import ManifestError, read_manifest, split_records
+from clinisynth.training.lora import train_lora
+
+FAST = {"batch_size": 2, "learning_rate": 1e-2, "validation_every": 0, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "prep", per_label=4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir, dataset):
+    """Two steps with a checkpoint, then resumed to three: the adapter and its run folder."""
+    run = tmp_path_factory.mktemp("run") / "lora"
+    profile = resolve_profile("tiny", cache_dir=cache_dir)
+    common = dict(profile=profile, dataset_dir=dataset, output_dir=run, rank=4, num_sample_seeds=1, sample_steps=1,
+                  validation_fraction=0.25, log=lambda _: None)
+    train_lora(**common, settings_overrides={**FAST, "max_steps": 2, "checkpoint_every": 2})
+    first = json.loads((run / "metrics.json").read_text())
+    adapter = train_lora(**common, settings_overrides={**FAST, "max_steps": 3, "checkpoint_every": 2,
+                                                       "resume": "latest", "ema_decay": 0.5})
+    return {"run": run, "adapter": adapter, "first": first, "profile": profile, "common": common}
+
+
+@pytest.mark.slow
+def test_adapter_folder_has_peft_diffusers_files_and_card(trained):
+    from safetensors.torch import load_file
+
+    adapter = trained["adapter"]
+    peft = load_file(str(adapter / "adapter_model.safetensors"))
+    diffusers_state = load_file(str(adapter / "pytorch_lora_weights.safetensors"))
+    assert peft and all(k.startswith("base_model.model.") for k in peft)
+    assert all(k.startswith("unet.") for k in diffusers_state)
+    assert {k.split("unet.", 1)[1] for k in diffusers_state} == {k.split("base_model.model.", 1)[1] for k in peft}
+    targets = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in diffusers_state}
+    assert targets <= {"to_q", "to_k", "to_v", "0"}  # to_out.0 ends in "0"
+    assert any(".to_out.0.lora_A" in k for k in diffusers_state)
+    assert any(float(v.abs().max()) > 0 for k, v in diffusers_state.items() if "lora_B" in k)  # it learned
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 4 and sorted(config["target_modules"]) == sorted(["to_q", "to_k", "to_v", "to_out.0"])
+    card = read_card(adapter)
+    assert card.modality == "modality.chest_xray" and card.labels == ("normal", "pneumonia")
+    assert card.rank == 4 and card.steps == 3
+    assert card.prompts == CAPTIONS
+    data = json.loads((adapter / "clinisynth_adapter.json").read_text())
+    assert data["data"]["train_images"] + data["data"]["validation_images"] == 8
+    assert 0 < data["metrics"]["trainable_share"] < 0.05
+    assert "rank" in (adapter / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_run_folder_has_curves_samples_and_resumed_history(trained):
+    from PIL import Image
+
+    run = trained["run"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert trained["first"]["steps"] == 2 and metrics["steps"] == 3
+    # The resumed run continued the first run's loss history instead of starting over.
+    assert [s for s, _ in metrics["train_loss"]] == [1, 2, 3]
+    assert metrics["train_loss"][:2] == trained["first"]["train_loss"]
+    assert metrics["validation_loss"] and all(v > 0 for _, v in metrics["validation_loss"])
+    for name in ("loss_curve.png", "samples.png"):
+        with Image.open(run / name) as image:
+            assert image.format == "PNG" and image.size[0] > 16
+    assert [p.name for p in list_checkpoints(run)][-1] == "step_000003"
+    assert not list((run / "checkpoints").glob(".tmp*")), "staging folder left behind"
+
+
+@pytest.mark.slow
+def test_trained_adapter_loads_into_the_generator_and_changes_it(trained, cache_dir):
+    import numpy as np
+
+    profile = trained["profile"]
+    base = Generator.from_profile(profile, device="cpu")
+    before = np.asarray(base.generate(prompt=CAPTIONS["pneumonia"], negative_prompt="", seeds=[1], steps=2,
+                                      guidance=3.0)[0].image, dtype=np.int16)
+    registry = AdapterRegistry(trained["adapter"].parent)
+    card = registry.choose(modality={"id": "modality.chest_xray"}, label="pneumonia")
+    assert card.name == "adapter"
+    base.load_adapter(card)
+    after = np.asarray(base.generate(prompt=CAPTIONS["pneumonia"], negative_prompt="", seeds=[1], steps=2,
+                                     guidance=3.0)[0].image, dtype=np.int16)
+    assert np.abs(after - before).mean() > 0.1
+
+
+@pytest.mark.slow
+def test_resume_from_another_runs_checkpoint_is_refused_without_outputs(trained, tmp_path):
+    run = tmp_path / "other"
+    shutil.copytree(trained["run"] / "checkpoints", run / "checkpoints")
+    adapter_before = sorted(p.name for p in trained["adapter"].iterdir())
+    with pytest.raises(CheckpointError, match="another run.*'rank': 4"):
+        train_lora(**{**trained["common"], "output_dir": run, "rank": 2},
+                   settings_overrides={**FAST, "max_steps": 4, "resume": "latest"})
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]  # nothing else was written
+    assert sorted(p.name for p in trained["adapter"].iterdir()) == adapter_before
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        train_lora(**{**trained["common"], "output_dir": run},
+                   settings_overrides={**FAST, "max_steps": 4, "resume": str(tmp_path)})
+
+
+def test_bad_manifests_and_options_fail_before_writing(dataset, tmp_path, cache_dir):
+    profile = resolve_profile("tiny", cache_dir=cache_dir)
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    (broken / "pneumonia" / "pneumonia_001.png").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(ManifestError, match="1 image file.*pneumonia_001.png.*clinisynth prepare"):
+        train_lora(profile=profile, dataset_dir=broken, output_dir=out, settings_overrides={"max_steps": 1})
+    with pytest.raises(ManifestError, match="label\\(s\\) \\['fracture'\\].*normal"):
+        train_lora(profile=profile, dataset_dir=dataset, output_dir=out, labels=["fracture"],
+                   settings_overrides={"max_steps": 1})
+    with pytest.raises(ManifestError, match="no manifest.csv"):
+        read_manifest(tmp_path)
+    for bad, message in (({"rank": 0}, "rank"), ({"dropout": 1.5}, "dropout"),
+                         ({"target_modules": ["conv1"]}, "target_modules")):
+        with pytest.raises(ValueError, match=message):
+            train_lora(profile=profile, dataset_dir=dataset, output_dir=out, settings_overrides={"max_steps": 1},
+                       **bad)
+    for bad, message in (({"max_steps": 0}, "max_steps"), ({"mixed_precision": "fp8"}, "mixed_precision"),
+                         ({"learning_rate": 2.0}, "learning_rate"), ({"ema_decay": 1.0}, "ema_decay")):
+        with pytest.raises(ValueError, match=message):
+            train_lora(profile=profile, dataset_dir=dataset, output_dir=out,
+                       settings_overrides={"max_steps": 1, **bad})
+    assert not out.exists()
+
+
+def test_split_is_stratified_and_stable(dataset):
+    records = read_manifest(dataset)
+    train, validation = split_records(records, validation_fraction=0.25, seed=3)
+    assert sorted(r.label for r in validation) == ["normal", "pneumonia"]
+    assert {r.path for r in train}.isdisjoint({r.path for r in validation})
+    assert split_records(records, validation_fraction=0.25, seed=3) == (train, validation)
+
+
+def test_captions_fall_back_to_the_reasoning_prompt_for_rows_without_text(tmp_path):
+    from clinisynth.agents.prompting import caption_for_label
+    from clinisynth.knowledge import load_knowledge
+    from clinisynth.training.captions import captions_for
+
+    records = read_manifest(make_dataset(tmp_path / "notext", per_label=1, text=False))
+    with pytest.raises(ValueError, match="no caption text"):
+        captions_for(records)
+    knowledge = load_knowledge()
+    captions = captions_for(records, knowledge=knowledge)
+    assert captions == [caption_for_label(knowledge=knowledge, modality_id="modality.chest_xray", label=r.label)
+                        for r in records]
+    assert captions[0] != captions[1] and all(captions)
+
+
+def test_min_snr_weights_and_ema():
+    import torch
+
+    from clinisynth.training.engine import EMA, min_snr_weights
+
+    alphas = torch.linspace(0.999, 0.001, 1000)
+    weights = min_snr_weights(alphas, torch.tensor([0, 999]), gamma=5.0, prediction_type="epsilon")
+    snr0 = 0.999 / 0.001
+    assert torch.allclose(weights, torch.tensor([5.0 / snr0, 1.0]), rtol=1e-4)  # clean steps down-weighted
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA({"p": parameter}, decay=0.5)
+    with torch.no_grad():
+        parameter.fill_(2.0)
+    ema.update({"p": parameter})
+    assert torch.allclose(ema.shadow["p"], torch.ones(3))
+    with ema.applied({"p": parameter}):
+        assert torch.allclose(parameter, torch.ones(3))
+    assert torch.allclose(parameter, torch.full((3,), 2.0))
+
+
+@pytest.mark.slow
+def test_projection_and_prior_preservation(tmp_path, cache_dir, dataset):
+    """MiniLM (384) driving the tiny U-Net (32): a projection is trained, saved, and used at inference."""
+    from clinisynth.generation import tiny
+
+    profile = resolve_profile("demo", cache_dir=tmp_path,
+                              overrides={"demo_generator": str(tiny.ensure_tiny_pipeline(cache_dir))})
+    with pytest.raises(ValueError, match="hidden size 384"):
+        Generator.from_profile(profile, device="cpu")
+    adapter = train_lora(profile=profile, dataset_dir=dataset, output_dir=tmp_path / "run", rank=2,
+                         labels=["pneumonia"], class_prompt="chest radiograph", num_class_images=2,
+                         class_image_steps=1, num_sample_seeds=1, sample_steps=1,
+                         settings_overrides={**FAST, "max_steps": 1}, log=lambda _: None)
+    assert (adapter / "text_projection.safetensors").is_file() and read_card(adapter).projection
+    assert len(list((tmp_path / "run" / "class_images").glob("*.png"))) == 2
+    assert json.loads((adapter / "clinisynth_adapter.json").read_text())["data"]["class_prompt"] == "chest radiograph"
+    generator = Generator.from_profile(profile, device="cpu", adapters=[adapter])
+    embeds, _ = generator.encode(["chest radiograph"])
+    assert embeds.shape[-1] == 32
+    image = generator.generate(prompt="chest radiograph", negative_prompt="", seeds=[0], steps=1, guidance=2.0)[0]
+    assert image.image.size == (64, 64)

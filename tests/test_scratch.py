@@ -1,0 +1,94 @@
+"""training/vae.py + training/scratch.py: a from-scratch generator loads through the demo profile (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+from _training_helpers import CAPTIONS, make_dataset
+
+from clinisynth.generation.pipeline import Generator
+from clinisynth.generation.profiles import packaged_minilm_dir, resolve_profile
+from clinisynth.training.checkpoints import CheckpointError
+from clinisynth.training.scratch import train_scratch
+from clinisynth.training.vae import train_vae
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scratch")
+    dataset = make_dataset(root / "data", per_label=4, size=32)
+    vae = train_vae(dataset_dir=dataset, output_dir=root / "vae_run", resolution=16, max_steps=3, batch_size=4,
+                    validation_every=0, checkpoint_every=2, log=lambda _: None)
+    pipeline = train_scratch(dataset_dir=dataset, output_dir=root / "unet_run", vae_dir=vae,
+                             text_encoder=str(packaged_minilm_dir()), pipeline_dir=root / "models" / "demo-generator",
+                             channels=(16, 32), max_length=32, num_sample_seeds=1, sample_steps=2,
+                             data_attribution="synthetic test images",
+                             settings_overrides={"max_steps": 2, "batch_size": 4, "validation_every": 0,
+                                                 "checkpoint_every": 1, "ema_decay": 0.5, "log_every": 1},
+                             log=lambda _: None)
+    return {"root": root, "dataset": dataset, "vae": vae, "pipeline": pipeline}
+
+
+def test_vae_run_writes_model_curves_and_scaling(built):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(built["vae"]))
+    record = json.loads((built["vae"] / "clinisynth_vae.json").read_text())
+    assert vae.config.scaling_factor == pytest.approx(record["scaling_factor"]) and record["scaling_factor"] > 0
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 4
+    run = built["root"] / "vae_run"
+    assert (run / "loss_curve.png").is_file() and (run / "reconstructions.png").is_file()
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 3
+
+
+def test_scratch_pipeline_loads_through_the_demo_profile(built):
+    import numpy as np
+
+    pipeline_dir = built["pipeline"]
+    assert {"model_index.json", "unet", "vae", "scheduler", "README.md", "clinisynth_generator.json"} <= {
+        p.name for p in pipeline_dir.iterdir()}
+    card = (pipeline_dir / "README.md").read_text()
+    assert "synthetic test images" in card and "NOT for" in card
+    # The demo profile's default location is <cache_dir>/models/demo-generator.
+    profile = resolve_profile("demo", cache_dir=built["root"])
+    assert profile.generator == str(pipeline_dir)
+    assert (profile.resolution, profile.max_length) == (16, 32)  # from the generator's own record
+    generator = Generator.from_profile(profile, device="cpu")
+    assert generator.pipeline.unet.config.cross_attention_dim == 384 == generator.text_encoder.config.hidden_size
+    images = generator.generate(prompt=CAPTIONS["pneumonia"], negative_prompt="", seeds=[1, 2], steps=3, guidance=3.0)
+    assert images[0].image.size == (16, 16)
+    assert not np.array_equal(np.asarray(images[0].image), np.asarray(images[1].image))
+
+
+def test_scratch_pipeline_is_a_plain_diffusers_checkpoint(built):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(built["pipeline"]), text_encoder=None, tokenizer=None,
+                                                   safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    embeds = torch.zeros(1, 32, 384)
+    out = pipe(prompt_embeds=embeds, negative_prompt_embeds=embeds, num_inference_steps=2, height=16, width=16,
+               output_type="np")
+    assert out.images.shape == (1, 16, 16, 3)
+
+
+def test_scratch_resume_refuses_another_run_and_missing_vae(built, tmp_path):
+    run = tmp_path / "other"
+    shutil.copytree(built["root"] / "unet_run" / "checkpoints", run / "checkpoints")
+    with pytest.raises(CheckpointError, match="another run"):
+        train_scratch(dataset_dir=built["dataset"], output_dir=run, vae_dir=built["vae"],
+                      text_encoder=str(packaged_minilm_dir()), channels=(16, 32), max_length=48,
+                      settings_overrides={"max_steps": 3, "resume": "latest"}, log=lambda _: None)
+    assert [p.name for p in run.iterdir()] == ["checkpoints"]
+    with pytest.raises(FileNotFoundError, match="train vae"):
+        train_scratch(dataset_dir=built["dataset"], output_dir=run, vae_dir=tmp_path,
+                      text_encoder=str(packaged_minilm_dir()), settings_overrides={"max_steps": 1})

@@ -1,0 +1,223 @@
+"""``train scratch``: a small text-conditioned U-Net trained from scratch in a small VAE's latent space.
+
+The result is saved as a diffusers ``StableDiffusionPipeline`` folder without a text encoder (prompts are
+encoded by :func:`clinisynth.generation.text_encoding.encode_text` with the encoder named in the card), so it
+loads through :meth:`clinisynth.generation.pipeline.Generator.from_profile` like any SD checkpoint; it is the
+``demo`` profile's generator. The U-Net's ``cross_attention_dim`` is the text encoder's hidden size (384 for the
+packaged MiniLM), so no projection is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from clinisynth.generation.profiles import GENERATOR_RECORD
+from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
+from clinisynth.training.data import load_images, read_manifest, split_records
+from clinisynth.training.engine import (
+    LoopSettings,
+    TrainingData,
+    encode_captions,
+    encode_latents,
+    make_conditioned_unet,
+    run_training,
+)
+
+#: Stable Diffusion's training noise schedule.
+NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
+                  "steps_offset": 1, "prediction_type": "epsilon"}
+
+
+def small_unet_config(*, latent_size: int, cross_attention_dim: int, latent_channels: int = 4,
+                      channels: tuple[int, ...] = (32, 64, 64)) -> dict:
+    """A small ``UNet2DConditionModel`` config; cross-attention only at the lowest resolution (cheap on a CPU)."""
+    depth = len(channels)
+    return {
+        "sample_size": latent_size, "in_channels": latent_channels, "out_channels": latent_channels,
+        "layers_per_block": 1, "block_out_channels": list(channels),
+        "down_block_types": ["DownBlock2D"] * (depth - 1) + ["CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D"] + ["UpBlock2D"] * (depth - 1),
+        "cross_attention_dim": cross_attention_dim, "attention_head_dim": 8, "norm_num_groups": 16,
+    }
+
+
+def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_encoder: str,
+                  pipeline_dir: Path | None = None, settings_overrides: dict | None = None,
+                  channels: tuple[int, ...] = (32, 64, 64), max_length: int = 64, validation_fraction: float = 0.05,
+                  labels: list[str] | None = None, limit: int | None = None, knowledge=None,
+                  data_attribution: str = "", num_sample_seeds: int = 4, sample_steps: int = 25,
+                  guidance: float = 3.0, log: Callable[[str], None] = print) -> Path:
+    """Train a small U-Net from scratch and save a ``StableDiffusionPipeline`` folder; return its path.
+
+    Args:
+        dataset_dir: folder with ``manifest.csv``.
+        output_dir: run folder (metrics, plots, samples, checkpoints).
+        vae_dir: an ``AutoencoderKL`` folder, e.g. from ``train vae`` (frozen here).
+        text_encoder: BERT-family encoder dir / hub id (its tokenizer is loaded from the same place).
+        pipeline_dir: where the pipeline goes (renamed into place when complete); ``output_dir/pipeline`` if None.
+        settings_overrides: fields of :class:`clinisynth.training.engine.LoopSettings` (``max_steps``, ...).
+        channels: U-Net block widths.
+        max_length: token length of captions, used again at inference (written to the card).
+        validation_fraction: held-out share per label.
+        labels, limit: manifest subset.
+        knowledge: knowledge base for rows without caption text.
+        data_attribution: licence / citation line for the card (CC BY data needs it).
+        num_sample_seeds: validation images per label.
+        sample_steps, guidance: how validation images are sampled.
+        log: progress sink.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import AutoModel, AutoTokenizer
+
+    from clinisynth.generation.pipeline import Generator
+    from clinisynth.generation.profiles import ModelProfile
+    from clinisynth.training.captions import captions_for
+
+    out = Path(output_dir)
+    settings = LoopSettings(output_dir=out, **(settings_overrides or {}))
+    settings.check()
+    records = read_manifest(dataset_dir, labels=labels, limit=limit)
+    captions = captions_for(records, knowledge=knowledge)
+    caption_of = {r.path: c for r, c in zip(records, captions)}
+    train_records, val_records = split_records(records, validation_fraction=validation_fraction,
+                                               seed=settings.seed)
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--vae {vae_dir} is not an AutoencoderKL folder (no config.json); run `train vae`")
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(text_encoder)
+    encoder = AutoModel.from_pretrained(text_encoder).eval().requires_grad_(False)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    resolution = int(vae.config.sample_size)
+    unet_config = small_unet_config(latent_size=resolution // factor, latent_channels=vae.config.latent_channels,
+                                    cross_attention_dim=int(encoder.config.hidden_size), channels=channels)
+    identity = {"kind": "scratch", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
+                "vae": str(vae_dir.resolve()), "text_encoder": str(text_encoder), "unet": unet_config,
+                "max_length": max_length, "seed": settings.seed, "labels": labels}
+    fingerprint = run_fingerprint(identity)
+    checkpoint = resolve_resume(settings.resume, output_dir=out)
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, fingerprint=fingerprint)  # refuse another run's checkpoint before writing
+    out.mkdir(parents=True, exist_ok=True)
+
+    log(f"encoding {len(train_records)} training + {len(val_records)} validation images at {resolution} px")
+    mean, std = encode_latents(vae, load_images(train_records, resolution=resolution))
+    val_mean, val_std = (encode_latents(vae, load_images(val_records, resolution=resolution)) if val_records
+                         else (mean[:0], std[:0]))
+    all_captions = [caption_of[r.path] for r in train_records + val_records]
+    index, embeds, distinct = encode_captions(tokenizer=tokenizer, text_encoder=encoder, captions=all_captions,
+                                              max_length=max_length)
+    data = TrainingData(latent_mean=mean, latent_std=std, caption_index=index[:len(train_records)],
+                        caption_embeds=embeds, val_latent_mean=val_mean, val_latent_std=val_std,
+                        val_caption_index=index[len(train_records):],
+                        scaling_factor=float(vae.config.scaling_factor))
+
+    torch.manual_seed(settings.seed)
+    unet = UNet2DConditionModel(**unet_config)
+    model = make_conditioned_unet(unet)
+    trainable = {name: p for name, p in unet.named_parameters()}
+    log(f"U-Net {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M parameters, all trained")
+
+    sample_prompts = _label_prompts(train_records, caption_of)
+    profile = ModelProfile(name="scratch-validation", text_encoder=str(text_encoder), generator=str(out),
+                           resolution=resolution, default_steps=sample_steps, default_guidance=guidance,
+                           description="validation sampler", max_length=max_length)
+
+    def build_pipeline(scheduler=None):
+        return StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+                                       scheduler=scheduler or DDIMScheduler.from_config(NOISE_SCHEDULE),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    def sample_images() -> list:
+        pipeline = build_pipeline()
+        pipeline.set_progress_bar_config(disable=True)
+        generator = Generator(profile=profile, tokenizer=tokenizer, text_encoder=encoder, pipeline=pipeline,
+                              device="cpu", dtype=torch.float32)
+        images = []
+        for prompt in sample_prompts.values():
+            images += [g.image for g in generator.generate(prompt=prompt, negative_prompt="",
+                                                           seeds=list(range(num_sample_seeds)),
+                                                           steps=sample_steps, guidance=guidance,
+                                                           batch_size=num_sample_seeds)]
+        return images
+
+    sample_labels = [label for label in sample_prompts for _ in range(num_sample_seeds)]
+    metrics = run_training(settings=settings, model=model, trainable=trainable, data=data,
+                           noise_scheduler=DDPMScheduler.from_config(NOISE_SCHEDULE), fingerprint=fingerprint,
+                           identity=identity, sample_images=sample_images, sample_labels=sample_labels, log=log)
+
+    final = Path(pipeline_dir) if pipeline_dir is not None else out / "pipeline"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        build_pipeline().save_pretrained(str(staging), safe_serialization=True)
+        record = {
+            "kind": "scratch", "text_encoder": str(text_encoder), "text_encoder_hidden_size":
+            int(encoder.config.hidden_size), "max_length": max_length, "resolution": resolution,
+            "default_steps": sample_steps, "default_guidance": guidance, "labels": sorted(sample_prompts),
+            "prompts": sample_prompts, "data": {"dataset": str(Path(dataset_dir).resolve()),
+                                                "train_images": len(train_records),
+                                                "validation_images": len(val_records),
+                                                "attribution": data_attribution},
+            "metrics": {k: metrics[k] for k in ("steps", "seconds", "final_train_loss", "final_validation_loss")},
+            "unet_parameters": sum(p.numel() for p in unet.parameters()),
+        }
+        (staging / GENERATOR_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (staging / "README.md").write_text(_card(record))
+        if final.exists():
+            if not (final / GENERATOR_RECORD).is_file():
+                raise FileExistsError(f"{final} exists and is not a clinisynth generator; choose another "
+                                      "--pipeline-dir")
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"pipeline saved to {final}")
+    return final
+
+
+def _label_prompts(records, caption_of) -> dict[str, str]:
+    """The most common caption of each label: what validation images and the card's examples use."""
+    by_label: dict[str, Counter] = {}
+    for record in records:
+        by_label.setdefault(record.label, Counter())[caption_of[record.path]] += 1
+    return {label: counts.most_common(1)[0][0] for label, counts in sorted(by_label.items())}
+
+
+def _card(record: dict) -> str:
+    data, metrics = record["data"], record["metrics"]
+    lines = [
+        "# clinisynth scratch generator",
+        "",
+        "A small Stable Diffusion-architecture model (U-Net + VAE) trained from scratch by `clinisynth train scratch`.",
+        "It has no text encoder of its own: prompts are encoded with the encoder below through",
+        "`clinisynth.generation.text_encoding.encode_text` (attention mask on, padded to `max_length`).",
+        "",
+        f"- text encoder: `{record['text_encoder']}` (hidden size {record['text_encoder_hidden_size']}), "
+        f"max_length {record['max_length']}",
+        f"- resolution: {record['resolution']} px; U-Net parameters: {record['unet_parameters']:,}",
+        f"- labels: {', '.join(record['labels'])}",
+        f"- data: {data['train_images']} training + {data['validation_images']} held-out images from "
+        f"`{data['dataset']}`",
+        f"- steps: {metrics['steps']} ({metrics['seconds']} s); final train loss {metrics['final_train_loss']}, "
+        f"held-out validation loss {metrics['final_validation_loss']}",
+        "",
+        "## Data and licence",
+        "",
+        data["attribution"] or "(no attribution given: add the dataset's licence and citation before sharing)",
+        "",
+        "## Intended use",
+        "",
+        "Offline demonstration and tests of the clinisynth pipeline. Images are low-resolution and NOT for",
+        "clinical use, diagnosis or training of clinical models.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""``train vae``: a small latent autoencoder (diffusers ``AutoencoderKL``) trained from scratch at low resolution.
+
+The scratch generator (:mod:`clinisynth.training.scratch`) diffuses in this VAE's latent space, like Stable
+Diffusion. The saved folder loads with ``AutoencoderKL.from_pretrained``; its ``scaling_factor`` is set to
+1 / (standard deviation of the training latents), as SD does, so latents have unit variance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from clinisynth.training.checkpoints import (
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    run_fingerprint,
+    save_checkpoint,
+)
+from clinisynth.training.data import load_images, read_manifest, split_records
+from clinisynth.training.plots import contact_sheet, plot_loss_curve
+
+
+def small_vae_config(*, resolution: int, channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4) -> dict:
+    """An ``AutoencoderKL`` config that downsamples by ``2 ** (len(channels) - 1)``."""
+    if resolution % (2 ** (len(channels) - 1)):
+        raise ValueError(f"resolution {resolution} is not divisible by the VAE factor {2 ** (len(channels) - 1)}")
+    return {
+        "in_channels": 3, "out_channels": 3, "latent_channels": latent_channels, "layers_per_block": 1,
+        "block_out_channels": list(channels), "down_block_types": ["DownEncoderBlock2D"] * len(channels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(channels), "norm_num_groups": 16, "sample_size": resolution,
+    }
+
+
+def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_steps: int = 1000,
+              batch_size: int = 16, learning_rate: float = 5e-4, kl_weight: float = 1e-6,
+              validation_fraction: float = 0.05, validation_every: int = 100, checkpoint_every: int = 200,
+              seed: int = 0, resume: str | None = None, max_minutes: float | None = None,
+              labels: list[str] | None = None, limit: int | None = None,
+              channels: tuple[int, ...] = (16, 32, 64), log: Callable[[str], None] = print) -> Path:
+    """Train a small VAE on a prepared manifest; return ``output_dir/vae`` (an ``AutoencoderKL`` folder).
+
+    Args:
+        dataset_dir: folder with ``manifest.csv`` (``clinisynth prepare``).
+        output_dir: run folder (``metrics.json``, ``loss_curve.png``, ``reconstructions.png``, ``checkpoints/``,
+            and the final ``vae/``, renamed into place when complete).
+        resolution: image side, a multiple of 4.
+        max_steps, batch_size, learning_rate: optimisation.
+        kl_weight: weight of the KL term (small: the latents only need to be smooth, not N(0, 1)).
+        validation_fraction: held-out share for the validation reconstruction loss.
+        validation_every, checkpoint_every: in steps (0: off).
+        seed: split, initialisation and sampling seed.
+        resume: ``None``, ``"latest"`` or a checkpoint folder of this run.
+        max_minutes: wall-clock budget; stops cleanly.
+        labels, limit: subset of the manifest.
+        channels: encoder block widths (multiples of 16); the VAE downsamples by ``2 ** (len(channels) - 1)``.
+        log: progress sink.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    records = read_manifest(dataset_dir, labels=labels, limit=limit)  # fails before anything is written
+    train_records, val_records = split_records(records, validation_fraction=validation_fraction, seed=seed)
+    config = small_vae_config(resolution=resolution, channels=tuple(channels))
+    identity = {"kind": "vae", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
+                "resolution": resolution, "config": config, "seed": seed, "kl_weight": kl_weight}
+    fingerprint = run_fingerprint(identity)
+    out = Path(output_dir)
+    checkpoint = resolve_resume(resume, output_dir=out)
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, fingerprint=fingerprint)  # refuse another run's checkpoint before writing
+    out.mkdir(parents=True, exist_ok=True)
+
+    images = load_images(train_records, resolution=resolution)
+    val_images = load_images(val_records, resolution=resolution) if val_records else images[:8]
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**config)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
+    step, train_loss, val_loss = 0, [], []
+    if checkpoint is not None:
+        step, state = load_checkpoint(checkpoint, fingerprint=fingerprint)
+        vae.load_state_dict(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        train_loss, val_loss = state["train_loss"], state["validation_loss"]
+        log(f"resumed from {checkpoint} at step {step}")
+    generator = torch.Generator().manual_seed(seed + step)
+
+    def validate(at: int) -> None:
+        vae.eval()
+        with torch.no_grad():
+            posterior = vae.encode(val_images[:64]).latent_dist
+            recon = vae.decode(posterior.mean).sample
+            val_loss.append([at, float(torch.nn.functional.mse_loss(recon, val_images[:64]))])
+            pairs = []
+            for original, rebuilt in zip(val_images[:8], recon[:8]):
+                pairs += [_to_pil(original), _to_pil(rebuilt)]
+        contact_sheet(out / "reconstructions.png", pairs, columns=4, labels=["original", "VAE"] * 8)
+        plot_loss_curve(out / "loss_curve.png", train=[tuple(x) for x in train_loss],
+                        validation=[tuple(x) for x in val_loss], title=f"VAE step {at} (reconstruction MSE)")
+        log(f"vae step {at}: validation reconstruction MSE {val_loss[-1][1]:.5f}")
+        vae.train()
+
+    def checkpoint_now() -> None:
+        state = {"trainable": vae.state_dict(), "optimizer": optimizer.state_dict(), "train_loss": train_loss,
+                 "validation_loss": val_loss}
+        save_checkpoint(out, step=step, state=state, fingerprint=fingerprint, identity=identity)
+
+    began = time.perf_counter()
+    vae.train()
+    while step < max_steps:
+        if max_minutes is not None and time.perf_counter() - began > max_minutes * 60:
+            log(f"stopping at step {step}: the {max_minutes} min budget is spent")
+            break
+        batch = images[torch.randint(0, images.shape[0], (batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = torch.nn.functional.mse_loss(recon, batch) + kl_weight * posterior.kl().mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"VAE loss became {float(loss)} at step {step}; lower the learning rate")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_loss.append([step, float(loss.detach())])
+        if step % 10 == 0:
+            log(f"vae step {step}/{max_steps} loss {float(loss.detach()):.5f}")
+        if validation_every and step % validation_every == 0:
+            validate(step)
+        if checkpoint_every and step % checkpoint_every == 0:
+            checkpoint_now()
+    if checkpoint_every and not list_checkpoints(out)[-1:] == [out / "checkpoints" / f"step_{step:06d}"]:
+        checkpoint_now()
+    validate(step)
+
+    # SD's convention: scale latents to unit variance (measured on the training posterior means).
+    vae.eval()
+    with torch.no_grad():
+        sample = images[: min(256, images.shape[0])]
+        std = float(vae.encode(sample).latent_dist.mean.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    final = out / "vae"
+    staging = out / f".vae.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        vae.save_pretrained(str(staging), safe_serialization=True)
+        metrics = {"steps": step, "final_validation_mse": val_loss[-1][1], "scaling_factor": 1.0 / std,
+                   "train_images": len(train_records), "validation_images": len(val_records),
+                   "seconds": round(time.perf_counter() - began, 1)}
+        (staging / "clinisynth_vae.json").write_text(json.dumps({**metrics, "identity": identity}, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    (out / "metrics.json").write_text(json.dumps({**metrics, "train_loss": train_loss, "validation_loss": val_loss},
+                                                 indent=2) + "\n")
+    log(f"VAE saved to {final} (scaling_factor {1.0 / std:.4f})")
+    return final
+
+
+def _to_pil(tensor):
+    from PIL import Image
+
+    array = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
