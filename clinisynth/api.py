@@ -15,7 +15,7 @@ _planners: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
-def _quiet_model_loading() -> None:
+def quiet_model_loading() -> None:
     # Weight-loading progress bars and hub notices are noise for a CLI that prints JSON.
     import transformers
 
@@ -34,7 +34,7 @@ def get_planner(settings: Settings | None = None):
             from clinisynth.knowledge import DEFAULT_DATA_DIR, load_knowledge
             from clinisynth.retrieval import Retriever
 
-            _quiet_model_loading()
+            quiet_model_loading()
             knowledge = load_knowledge(settings.knowledge_dir or DEFAULT_DATA_DIR)
             retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder)
             _planners[key] = Planner(
@@ -62,7 +62,7 @@ def load_generator(*, profile: str, settings: Settings | None = None):
 
     settings = settings or Settings()
     resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
-    _quiet_model_loading()
+    quiet_model_loading()
     import diffusers
 
     diffusers.utils.logging.disable_progress_bar()

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clinisynth.cli.errors import user_errors
+from clinisynth.cli.errors import fail, user_errors
 
 app = typer.Typer(help="Check, index and search the knowledge base.", no_args_is_help=True)
 
@@ -19,6 +19,21 @@ def _knowledge_dir(directory: Path | None) -> Path:
     from clinisynth.settings import Settings
 
     return directory or Settings().knowledge_dir or DEFAULT_DATA_DIR
+
+
+def _open_retriever(directory: Path | None, *, rebuild: bool = False):
+    """The knowledge records and their FAISS retriever, built or loaded from the cache of the settings."""
+    from clinisynth.api import quiet_model_loading
+    from clinisynth.knowledge import load_knowledge
+    from clinisynth.retrieval import Retriever
+    from clinisynth.settings import Settings
+
+    settings = Settings()
+    quiet_model_loading()
+    knowledge = load_knowledge(_knowledge_dir(directory))
+    retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder,
+                               rebuild=rebuild)
+    return knowledge, retriever
 
 
 @app.command()
@@ -44,18 +59,9 @@ def build_index(
     """Build (or reuse) the FAISS index for the current knowledge content."""
     import time
 
+    started = time.perf_counter()
     with user_errors():
-        from clinisynth.api import _quiet_model_loading
-        from clinisynth.knowledge import load_knowledge
-        from clinisynth.retrieval import Retriever
-        from clinisynth.settings import Settings
-
-        settings = Settings()
-        _quiet_model_loading()
-        knowledge = load_knowledge(_knowledge_dir(directory))
-        started = time.perf_counter()
-        retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder,
-                                   rebuild=rebuild)
+        knowledge, retriever = _open_retriever(directory, rebuild=rebuild)
     typer.echo(f"index: {retriever.index.ntotal} phrases of {len(knowledge.records)} records at {retriever.cache_dir} "
                f"({time.perf_counter() - started:.1f} s)")
 
@@ -69,16 +75,10 @@ def search(
     directory: DirOption = None,
 ) -> None:
     """Nearest knowledge records to QUERY by embedding similarity."""
+    if k < 1:
+        fail(f"-k must be at least 1, got {k}")
     with user_errors():
-        from clinisynth.api import _quiet_model_loading
-        from clinisynth.knowledge import load_knowledge
-        from clinisynth.retrieval import Retriever
-        from clinisynth.settings import Settings
-
-        settings = Settings()
-        _quiet_model_loading()
-        knowledge = load_knowledge(_knowledge_dir(directory))
-        retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder)
+        knowledge, retriever = _open_retriever(directory)
         hits = retriever.search(query, k=k, kinds=kind, modality=modality)
     for hit in hits:
         typer.echo(f"{hit.score:.3f}  {hit.id:45s} {knowledge.get(hit.id).term}  (matched: {hit.text})")
