@@ -20,6 +20,10 @@ FULL_TEXT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fullte
 #: removed from the hub in 2024; this is its official mirror (same files).
 FULL_GENERATOR = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
+#: Token length of the tiny and full profiles: room for the planner's prompts without truncation
+#: (BERT encoders take up to 512 positions).
+PLAN_PROMPT_MAX_LENGTH = 256
+
 #: Keys :func:`resolve_profile` accepts in ``overrides``.
 OVERRIDE_KEYS = ("demo_generator", "demo_text_encoder", "full_generator", "full_text_encoder")
 
@@ -177,7 +181,8 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
             resolution=64,
             default_steps=4,
             default_guidance=3.0,
-            max_length=128,
+            # The planner's prompts (modality, findings, signs, visual descriptions) run to ~250 tokens.
+            max_length=PLAN_PROMPT_MAX_LENGTH,
             description="tiny BERT + U-Net + VAE built from configs with a fixed seed: proves wiring, images are noise",
             how_to_supply={
                 "generator": f"it is rebuilt automatically on the next run; delete {pipeline_dir} if it is damaged",
@@ -214,7 +219,7 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
             resolution=512,
             default_steps=30,
             default_guidance=7.5,
-            max_length=128,
+            max_length=PLAN_PROMPT_MAX_LENGTH,
             description="BiomedBERT (PubMedBERT) text encoder + Stable Diffusion 1.5; for GPUs with the weights",
             how_to_supply={
                 "generator": f"download it with `huggingface-cli download {FULL_GENERATOR}` while online, or point "
