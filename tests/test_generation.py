@@ -148,13 +148,16 @@ def test_generate_is_seeded_per_image_and_independent_of_batch_position(generato
     # Different seeds, different pictures.
     assert np.abs(_pixels(images[0]) - _pixels(images[1])).mean() > 1.0
 
-    # Seed 13 sat second in a batch of two above; alone, and first in another batch, it is the same picture.
+    # Seed 13 was the last, lone image of the run above: asked for alone it is the same picture, bit for bit.
     alone = generator.generate(prompt=PROMPT, negative_prompt="lateral view", seeds=[13], steps=3, guidance=3.0)
+    assert np.array_equal(_pixels(alone[0]), _pixels(images[2]))
+    # Inside a batch of two its noise is still its own; CPU kernels may round differently for another batch
+    # shape, so the picture agrees to within a couple of grey levels (another seed differs by tens).
     first_of_batch = generator.generate(
         prompt=PROMPT, negative_prompt="lateral view", seeds=[13, 99], steps=3, guidance=3.0, batch_size=2
     )
-    assert np.array_equal(_pixels(alone[0]), _pixels(images[2]))
-    assert np.array_equal(_pixels(first_of_batch[0]), _pixels(images[2]))
+    difference = np.abs(_pixels(first_of_batch[0]) - _pixels(images[2]))
+    assert difference.max() <= 2 and difference.mean() < 0.1
 
 
 def test_prompt_and_guidance_change_the_image(generator):
