@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from langgraph.runtime import Runtime
@@ -67,15 +65,14 @@ def prompt(state: GraphState, runtime: Runtime[Services]) -> dict:
 
 
 def _save_png_atomically(image, path: Path) -> None:
+    import io
+
+    from clinisynth.generation.storage import write_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    write_atomically(path, encoded.getvalue())
 
 
 @traced("generate", reads=("round", "steps", "guidance", "seed"))

@@ -168,7 +168,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -316,13 +316,13 @@ class OrderedStorage:
             index = max(counters.get(key, 0), self._highest_on_disk(class_dir, label)) + 1
             # Reserve the number before writing the image: a crash from here on skips it, never reuses it.
             counters[key] = index
-            _write_atomically(self.root / COUNTERS_NAME, (_dumps({"version": 1, "counters": counters},
+            write_atomically(self.root / COUNTERS_NAME, (_dumps({"version": 1, "counters": counters},
                                                                   what="counters", indent=2) + "\n").encode())
             name = f"{label}_{index:0{INDEX_DIGITS}d}.png"
             path = class_dir / name
             if path.exists():  # cannot happen while every writer takes the lock; never overwrite regardless
                 raise StorageError(f"{path} already exists; another tool writes into {self.root} without the lock")
-            _write_atomically(path, png)
+            write_atomically(path, png)
 
             file_name = f"{modality}/{label}/{name}"
             record = {"file_name": file_name, **metadata, "label": label, "modality": modality}
@@ -370,7 +370,7 @@ class OrderedStorage:
             raise StorageError(f"trace must be a dict, got {type(trace).__name__}")
         data = (_dumps(trace, what=f"trace of run {run_id!r}", indent=2) + "\n").encode("utf-8")
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, data)
+        write_atomically(path, data)
         return path
 
     def read_trace(self, run_id: str) -> dict:

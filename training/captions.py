@@ -6,6 +6,8 @@ keeps training and inference speaking alike.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from clinisynth.training.data import ManifestRecord
 
 
@@ -37,3 +39,11 @@ def captions_for(records: list[ManifestRecord], *, knowledge=None) -> list[str]:
             cache[key] = caption_for_label(knowledge=knowledge, modality_id=record.modality, label=record.label)
         captions.append(cache[key])
     return captions
+
+
+def label_prompts(records, caption_of) -> dict[str, str]:
+    """The most common caption of each label: what validation images and the card's examples use."""
+    by_label: dict[str, Counter] = {}
+    for record in records:
+        by_label.setdefault(record.label, Counter())[caption_of[record.path]] += 1
+    return {label: counts.most_common(1)[0][0] for label, counts in sorted(by_label.items())}

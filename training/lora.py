@@ -99,7 +99,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
     from clinisynth.generation.adapters import encoder_signature, save_adapter, unet_signature
     from clinisynth.generation.pipeline import Generator, load_components
     from clinisynth.generation.projection import make_projection
-    from clinisynth.training.captions import captions_for
+    from clinisynth.training.captions import captions_for, label_prompts
 
     out = Path(output_dir)
     settings = LoopSettings(output_dir=out, **(settings_overrides or {}))
@@ -173,7 +173,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
     n_trainable = sum(p.numel() for p in trainable.values())
     log(f"trainable parameters: {n_trainable:,} of {total:,} ({100 * n_trainable / total:.3f} %)")
 
-    sample_prompts = _label_prompts(train_records, caption_of)
+    sample_prompts = label_prompts(train_records, caption_of)
     steps = sample_steps or profile.default_steps
     scale = profile.default_guidance if guidance is None else guidance
 
@@ -215,13 +215,6 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
         log(f"adapter saved to {final}")
     accelerator.wait_for_everyone()
     return final
-
-
-def _label_prompts(records, caption_of) -> dict[str, str]:
-    by_label: dict[str, Counter] = {}
-    for record in records:
-        by_label.setdefault(record.label, Counter())[caption_of[record.path]] += 1
-    return {label: counts.most_common(1)[0][0] for label, counts in sorted(by_label.items())}
 
 
 def _class_images(folder: Path, *, profile, tokenizer, text_encoder, pipeline, device, projection, prompt: str,

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -79,7 +78,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
 
     from clinisynth.generation.pipeline import Generator
     from clinisynth.generation.profiles import ModelProfile
-    from clinisynth.training.captions import captions_for
+    from clinisynth.training.captions import captions_for, label_prompts
 
     out = Path(output_dir)
     settings = LoopSettings(output_dir=out, **(settings_overrides or {}))
@@ -126,7 +125,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     trainable = {name: p for name, p in unet.named_parameters()}
     log(f"U-Net {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M parameters, all trained")
 
-    sample_prompts = _label_prompts(train_records, caption_of)
+    sample_prompts = label_prompts(train_records, caption_of)
     profile = ModelProfile(name="scratch-validation", text_encoder=str(text_encoder), generator=str(out),
                            resolution=resolution, default_steps=sample_steps, default_guidance=guidance,
                            description="validation sampler", max_length=max_length)
@@ -182,14 +181,6 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         shutil.rmtree(staging, ignore_errors=True)
     log(f"pipeline saved to {final}")
     return final
-
-
-def _label_prompts(records, caption_of) -> dict[str, str]:
-    """The most common caption of each label: what validation images and the card's examples use."""
-    by_label: dict[str, Counter] = {}
-    for record in records:
-        by_label.setdefault(record.label, Counter())[caption_of[record.path]] += 1
-    return {label: counts.most_common(1)[0][0] for label, counts in sorted(by_label.items())}
 
 
 def _card(record: dict) -> str:
