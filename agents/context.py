@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from clinisynth.agents.planner import Planner
+from clinisynth.agents.verifier import Verifier
 
 
 @dataclass
@@ -19,13 +20,17 @@ class Services:
             so a missing model fails before anything is written).
         storage: the :class:`clinisynth.generation.storage.OrderedStorage` of the output dir.
         run_dir: ``OUT/runs/<run_id>``; candidates (accepted or rejected) are kept there for the trace.
-        sanity_thresholds: passed to :func:`clinisynth.evaluation.sanity.check_image`.
+        verifier: the :class:`clinisynth.agents.verifier.Verifier` (sanity and duplicates at least; classifier,
+            CLIP score and memorisation where loaded).
         on_progress: ``(event, info)`` callback for the CLI's progress display.
+        stored_embeddings: per storage modality, embeddings of the images stored in the output dir before
+            this run (filled on first use by the verify node; a cache, not state).
     """
 
     planner: Planner
     generator: Any
     storage: Any
     run_dir: Path
-    sanity_thresholds: Any = None
+    verifier: Verifier = field(default_factory=Verifier)
     on_progress: Callable[[str, dict], None] = lambda event, info: None
+    stored_embeddings: dict[str, Any] = field(default_factory=dict)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from langgraph.runtime import Runtime
@@ -75,102 +74,174 @@ def _save_png_atomically(image, path: Path) -> None:
     write_atomically(path, encoded.getvalue())
 
 
-@traced("generate", reads=("round", "steps", "guidance", "seed"))
+#: Best-of-N candidates move by a larger prime than all rounds together (20 x ROUND_SEED_STRIDE).
+CANDIDATE_SEED_STRIDE = 50_000_017
+
+
+def attempt_seed(*, base: int, slot: int, round_number: int, candidate: int) -> int:
+    """The seed of one candidate: distinct for every (slot, round, candidate) of a run."""
+    return base + slot + (round_number - 1) * ROUND_SEED_STRIDE + candidate * CANDIDATE_SEED_STRIDE
+
+
+@traced("generate", reads=("round", "steps", "guidance", "seed", "best_of", "slot_settings"))
 def generate(state: GraphState, runtime: Runtime[Services]) -> dict:
+    """Draw ``best_of`` candidates for every unfilled slot, each slot with its own (possibly refined) settings."""
     services = runtime.context
-    plan = Plan.model_validate(state.plan)
     round_number = state.round + 1
-    slots = state.pending_slots()
-    seeds = [state.seed + slot + (round_number - 1) * ROUND_SEED_STRIDE for slot in slots]
-
-    def progress(done: int, total: int) -> None:
-        services.on_progress("image", {"round": round_number, "done": done, "total": total})
-
-    images = services.generator.generate(
-        prompt=plan.prompt,
-        negative_prompt=plan.negative_prompt,
-        seeds=seeds,
-        steps=state.steps,
-        guidance=state.guidance,
-        callback=progress,
-    )
+    # Slots that share settings are drawn in one generator call (one batch).
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for slot in state.pending_slots():
+        settings = state.settings_for(slot)
+        key = (settings.prompt, settings.negative_prompt, settings.steps, settings.guidance)
+        groups.setdefault(key, []).extend((slot, candidate) for candidate in range(state.best_of))
+    total = sum(len(jobs) for jobs in groups.values())
     attempts = list(state.attempts)
-    for slot, generated in zip(slots, images):
-        path = services.run_dir / "candidates" / f"r{round_number:02d}_slot{slot:04d}_seed{generated.seed}.png"
-        _save_png_atomically(generated.image, path)
-        attempts.append(
-            Attempt(
-                slot=slot,
-                round=round_number,
-                seed=generated.seed,
-                steps=state.steps,
-                guidance=state.guidance,
-                prompt=plan.prompt,
-                negative_prompt=plan.negative_prompt,
-                path=str(path.relative_to(services.run_dir)),
-                elapsed_s=round(generated.elapsed_s, 4),
-            ).model_dump(mode="json")
-        )
+    finished = 0
+    for (prompt_text, negative_prompt, steps, guidance), jobs in groups.items():
+        seeds = [attempt_seed(base=state.seed, slot=slot, round_number=round_number, candidate=candidate)
+                 for slot, candidate in jobs]
+
+        def progress(done: int, _total: int, already: int = finished) -> None:
+            services.on_progress("image", {"round": round_number, "done": already + done, "total": total})
+
+        images = services.generator.generate(prompt=prompt_text, negative_prompt=negative_prompt, seeds=seeds,
+                                             steps=steps, guidance=guidance, callback=progress)
+        finished += len(jobs)
+        for (slot, candidate), generated in zip(jobs, images):
+            name = f"r{round_number:02d}_slot{slot:04d}_c{candidate:02d}_seed{generated.seed}.png"
+            path = services.run_dir / "candidates" / name
+            _save_png_atomically(generated.image, path)
+            attempts.append(
+                Attempt(slot=slot, round=round_number, candidate=candidate, seed=generated.seed, steps=steps,
+                        guidance=guidance, prompt=prompt_text, negative_prompt=negative_prompt,
+                        path=str(path.relative_to(services.run_dir)),
+                        elapsed_s=round(generated.elapsed_s, 4)).model_dump(mode="json")
+            )
     return {"round": round_number, "attempts": attempts, "status": "generating"}
 
 
-def _pixel_digest(pixels) -> str:
-    return hashlib.sha256(pixels.tobytes()).hexdigest()
-
-
-@traced("verify", reads=("round",))
-def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
-    """Accept a candidate only when every available check passes (sanity, not a duplicate)."""
+def _stored_embeddings(services: Services, modality: str):
+    """Embeddings of the images already filed under ``OUT/<modality>/`` (computed once per run)."""
     import numpy as np
     from PIL import Image
 
-    from clinisynth.evaluation.sanity import check_image
+    if modality not in services.stored_embeddings:
+        folder = Path(services.storage.root) / modality
+        files = sorted(folder.glob("*/*.png")) if folder.is_dir() else []
+        embeddings = []
+        for file in files:
+            with Image.open(file) as image:
+                embeddings.append(services.verifier.embed(image))
+        width = services.verifier.embed(Image.new("L", (8, 8))).shape[0]
+        services.stored_embeddings[modality] = np.stack(embeddings) if embeddings else np.zeros((0, width), np.float32)
+    return services.stored_embeddings[modality]
+
+
+def _storage_modality(services: Services, plan: Plan) -> str:
+    return services.planner.knowledge.get(plan.modality.id).label
+
+
+@traced("verify", reads=("round", "best_of"))
+def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
+    """Score every pending candidate with the verifier; per slot keep the best one that passes every signal.
+
+    Duplicates are checked against the images already in the output dataset (same modality) and the
+    candidates accepted earlier in this run.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from clinisynth.agents.verifier import Verdict, best_of, thumbnail_data_uri
 
     services = runtime.context
+    verifier = services.verifier
+    plan = Plan.model_validate(state.plan)
+    modality = _storage_modality(services, plan)
     attempts = [dict(a) for a in state.attempts]
-    accepted_digests = {a["scores"].get("sha256") for a in attempts if a["verdict"] == "accepted"}
+    accepted = [_embedding_of(services, a) for a in attempts if a["verdict"] == "accepted"]
+    known = [_stored_embeddings(services, modality), *(e[None, :] for e in accepted)]
+    pending_by_slot: dict[int, list[dict]] = {}
     for attempt in attempts:
-        if attempt["verdict"] != "pending":
-            continue
-        with Image.open(services.run_dir / attempt["path"]) as image:
-            pixels = np.asarray(image.convert("L"))
-        sanity = check_image(pixels, thresholds=services.sanity_thresholds)
-        digest = _pixel_digest(pixels)
-        reasons = []
-        if not sanity.ok:
-            reasons.append(f"sanity:{sanity.reason}")
-        if digest in accepted_digests:
-            reasons.append("duplicate:identical to an image accepted in this run")
-        # Signals without a model are named, never given a made-up value.
-        attempt["scores"] = {
-            "sanity": {k: float(v) for k, v in sanity.checks.items()},
-            "sha256": digest,
-            "unavailable": ["clip_score", "classifier", "memorisation"],
-        }
-        attempt["reasons"] = reasons
-        attempt["verdict"] = "rejected" if reasons else "accepted"
-        if not reasons:
-            accepted_digests.add(digest)
+        if attempt["verdict"] == "pending":
+            pending_by_slot.setdefault(attempt["slot"], []).append(attempt)
+    for slot in sorted(pending_by_slot):
+        candidates = pending_by_slot[slot]
+        verdicts, embeddings = [], []
+        for attempt in candidates:
+            with Image.open(services.run_dir / attempt["path"]) as image:
+                image.load()
+                verdict = verifier.verify(image, plan_label=plan.label, modality=modality, prompt=attempt["prompt"],
+                                          accepted_embeddings=np.concatenate(known))
+                attempt["thumbnail"] = thumbnail_data_uri(image)
+            verdicts.append(verdict)
+            embeddings.append(verdict.embedding)
+            record = verdict.to_dict()
+            attempt.update(scores=record["scores"], reasons=record["reasons"], failure=record["failure"],
+                           failures=record["failures"], confused_label=record["confused_label"],
+                           notes=record["notes"], verify_s=round(verdict.elapsed_s, 4),
+                           verdict="accepted" if verdict.accepted else "rejected")
+        chosen = best_of(verdicts)
+        for index, (attempt, verdict) in enumerate(zip(candidates, verdicts)):
+            if verdict.accepted and index != chosen:
+                attempt["verdict"] = "passed_not_chosen"
+        if chosen is not None:
+            known.append(embeddings[chosen][None, :])
     return {"attempts": attempts}
 
 
-@traced("refine", reads=("round", "steps", "guidance"))
-def refine(state: GraphState, runtime: Runtime[Services]) -> dict:
-    """Pick the next round's settings from why this round's candidates failed.
+def _embedding_of(services: Services, attempt: dict):
+    from PIL import Image
 
-    Poor quality -> new seed and more steps; duplicate -> new seed only (seeds move every round).
+    with Image.open(services.run_dir / attempt["path"]) as image:
+        return services.verifier.embed(image)
+
+
+def _finding_term(plan: Plan) -> str:
+    """The requested finding's words, to emphasise after a wrong or weak finding."""
+    for finding in plan.findings:
+        if finding.status == "present" and finding.label == plan.label:
+            return finding.term
+    return plan.label.replace("_", " ")
+
+
+def _merged_verdict(verdicts: list):
+    """One rejected verdict for a slot whose best-of-N candidates all failed: every failure seen counts."""
+    from clinisynth.agents.verifier import FAILURE_PRIORITY, Verdict
+
+    failures = tuple(kind for kind in FAILURE_PRIORITY if any(kind in v.failures for v in verdicts))
+    confused = next((v.confused_label for v in verdicts if v.confused_label), None)
+    first = verdicts[0]
+    return Verdict(accepted=False, scores=first.scores, reasons=[r for v in verdicts for r in v.reasons],
+                   failure=failures[0], failures=failures, confused_label=confused)
+
+
+@traced("refine", reads=("round", "slot_settings"))
+def refine(state: GraphState, runtime: Runtime[Services]) -> dict:
+    """Pick each unfilled slot's next settings from why its candidates failed (issue 6's mapping).
+
+    Wrong or weak finding -> higher guidance, the finding emphasised, the confused class in the negative
+    prompt; poor quality -> more steps; memorised or duplicate -> new seed only. Seeds move every round.
     """
+    from clinisynth.agents.verifier import Verdict, refinement_for
+
+    plan = Plan.model_validate(state.plan)
+    finding = _finding_term(plan)
     attempts = [dict(a) for a in state.attempts]
-    steps = state.steps
-    for attempt in attempts:
-        if attempt["round"] != state.round or attempt["verdict"] != "rejected":
+    slot_settings = dict(state.slot_settings)
+    for slot in state.pending_slots():
+        failed = [a for a in attempts if a["slot"] == slot and a["round"] == state.round and a["verdict"] == "rejected"]
+        if not failed:
             continue
-        if any(reason.startswith("sanity:") for reason in attempt["reasons"]):
-            steps = max(steps, min(1000, int(round(state.steps * 1.5))))
-            attempt["action"] = f"new seed, steps {state.steps} -> {steps}"
-        else:
-            attempt["action"] = "new seed"
-    return {"attempts": attempts, "steps": steps}
+        verdict = _merged_verdict([Verdict.from_dict({**a, "accepted": False}) for a in failed])
+        current = state.settings_for(slot)
+        refinement = refinement_for(verdict, steps=current.steps, guidance=current.guidance,
+                                    negative_prompt=current.negative_prompt, finding=finding, prompt=current.prompt)
+        for attempt in failed:
+            attempt["action"] = refinement.action
+        slot_settings[str(slot)] = {"steps": refinement.steps, "guidance": refinement.guidance,
+                                    "prompt": refinement.prompt or current.prompt,
+                                    "negative_prompt": refinement.negative_prompt}
+    return {"attempts": attempts, "slot_settings": slot_settings}
 
 
 @traced("store", reads=("round",))
@@ -178,10 +249,11 @@ def store(state: GraphState, runtime: Runtime[Services]) -> dict:
     """File the accepted candidates in ordered storage, in slot order; what never passed is only traced."""
     from PIL import Image
 
+    from clinisynth.agents.verifier import metadata_scores
+
     services = runtime.context
     plan = Plan.model_validate(state.plan)
-    knowledge = services.planner.knowledge
-    modality_label = knowledge.get(plan.modality.id).label
+    modality_label = _storage_modality(services, plan)
     present_labels = sorted({f.label for f in plan.findings if f.status == "present"})
     stored = list(state.stored)
     accepted = sorted((a for a in state.attempts if a["verdict"] == "accepted"), key=lambda a: a["slot"])
@@ -193,8 +265,8 @@ def store(state: GraphState, runtime: Runtime[Services]) -> dict:
                 modality=modality_label,
                 label=plan.label,
                 metadata={
-                    "prompt": plan.prompt,
-                    "negative_prompt": plan.negative_prompt,
+                    "prompt": attempt["prompt"],
+                    "negative_prompt": attempt["negative_prompt"],
                     "request": plan.request,
                     "label": plan.label,
                     "labels": present_labels,
@@ -204,7 +276,7 @@ def store(state: GraphState, runtime: Runtime[Services]) -> dict:
                     "guidance": attempt["guidance"],
                     "adapters": [],
                     **{f"model_{k}": v for k, v in services.generator.model_ids.items()},
-                    "scores": {k: v for k, v in attempt["scores"].items() if k != "sha256"},
+                    "scores": metadata_scores(attempt["scores"]),
                     "round": attempt["round"],
                     "run_id": state.run_id,
                     "knowledge_version": plan.knowledge_version,

@@ -13,6 +13,7 @@ from clinisynth.agents.context import Services
 from clinisynth.agents.graph import build_graph, recursion_limit
 from clinisynth.agents.planner import PlanError, Planner
 from clinisynth.agents.state import GraphState
+from clinisynth.agents.verifier import Verifier
 
 TRACE_FORMAT = 1
 
@@ -41,8 +42,12 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
+#: Most best-of-N candidates per slot and round (seeds stay distinct up to this many, see nodes.attempt_seed).
+MAX_BEST_OF = 16
+
+
 def validate_run_arguments(
-    *, n_images: int, steps: int | None, guidance: float | None, max_rounds: int, max_images: int
+    *, n_images: int, steps: int | None, guidance: float | None, max_rounds: int, max_images: int, best_of: int = 1
 ) -> None:
     """Reject impossible numbers before anything is loaded or written (``None``: the profile's default)."""
     if n_images < 1:
@@ -55,6 +60,8 @@ def validate_run_arguments(
         raise PlanError(f"--guidance must be between 0 and 30, got {guidance}")
     if not 1 <= max_rounds <= 20:
         raise PlanError(f"--max-rounds must be between 1 and 20, got {max_rounds}")
+    if not 1 <= best_of <= MAX_BEST_OF:
+        raise PlanError(f"--best-of must be between 1 and {MAX_BEST_OF}, got {best_of}")
 
 
 def run_generation(
@@ -70,7 +77,8 @@ def run_generation(
     max_rounds: int,
     profile: str,
     run_id: str | None = None,
-    sanity_thresholds=None,
+    verifier: Verifier | None = None,
+    best_of: int = 1,
     on_progress: Callable[[str, dict], None] | None = None,
 ) -> RunResult:
     """Run the graph once and file what passes.
@@ -78,6 +86,10 @@ def run_generation(
     The plan is checked before the run folder is created, so a description that cannot be planned
     leaves nothing behind. Every node's event, every attempt (accepted or not) and the final status
     go to ``runs/<run_id>/trace.json``, also when the run fails half-way.
+
+    Args:
+        verifier: decides which candidates are kept; a sanity + duplicate :class:`Verifier` when ``None``.
+        best_of: candidates drawn per slot and round; the best that passes every check is kept.
 
     Raises:
         PlanError: the description cannot be planned, names no modality or nothing to draw.
@@ -95,12 +107,12 @@ def run_generation(
         generator=generator,
         storage=storage,
         run_dir=run_dir,
-        sanity_thresholds=sanity_thresholds,
+        verifier=verifier or Verifier(),
         on_progress=on_progress or (lambda event, info: None),
     )
     initial = GraphState(
         request=request.strip(), run_id=run_id, n_images=n_images, seed=seed,
-        steps=steps, guidance=guidance, max_rounds=max_rounds,
+        steps=steps, guidance=guidance, max_rounds=max_rounds, best_of=best_of,
     )
     trace: dict[str, Any] = {
         "format": TRACE_FORMAT,
@@ -108,8 +120,9 @@ def run_generation(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "request": request,
         "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
-                       "max_rounds": max_rounds, "profile": profile},
+                       "max_rounds": max_rounds, "best_of": best_of, "profile": profile},
         "models": dict(generator.model_ids),
+        "verifier": services.verifier.describe(),
         "knowledge_version": planner.knowledge.version,
     }
     connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
@@ -134,6 +147,9 @@ def run_generation(
 
 def _state_trace(state: GraphState) -> dict[str, Any]:
     rejected = [a for a in state.attempts if a["verdict"] == "rejected"]
+    failures: dict[str, int] = {}
+    for attempt in rejected:
+        failures[attempt.get("failure") or "unknown"] = failures.get(attempt.get("failure") or "unknown", 0) + 1
     given_up = sorted({a["slot"] for a in state.attempts} - {a["slot"] for a in state.attempts if a["verdict"] == "accepted"})
     return {
         "status": state.status,
@@ -147,6 +163,9 @@ def _state_trace(state: GraphState) -> dict[str, Any]:
             "stored": len(state.stored),
             "attempts": len(state.attempts),
             "rejected": len(rejected),
+            "rejected_by_failure": failures,
+            "verify_seconds": round(sum(a.get("verify_s", 0.0) for a in state.attempts), 4),
+            "generate_seconds": round(sum(a.get("elapsed_s", 0.0) for a in state.attempts), 4),
             "given_up_slots": given_up,
         },
     }

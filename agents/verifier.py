@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -215,6 +215,18 @@ class Verifier:
                     f"with {self.embedder.name!r}; rebuild the index or pass the matching embedder"
                 )
 
+    def describe(self) -> dict[str, Any]:
+        """What this verifier checks with, for the run's trace."""
+        return {
+            "classifiers": {modality: classifier.name for modality, classifier in self.classifiers.items()},
+            "clip_score": getattr(self.clip_scorer, "name", None),
+            "memorisation": {modality: len(index) for modality, index in self.memorisation.items()},
+            "embedder": self.embedder.name,
+            "unavailable": dict(self.unavailable),
+            "thresholds": {modality: asdict(limits) for modality, limits in self.thresholds.items()},
+            "default_thresholds": asdict(self.default_thresholds),
+        }
+
     def thresholds_for(self, modality: str) -> ModalityThresholds:
         return self.thresholds.get(modality, self.default_thresholds)
 
@@ -392,6 +404,33 @@ def refinement_for(
                       emphasis=emphasis, prompt=new_prompt, action=", ".join(actions))
 
 
+#: Signals whose scores are flattened into ``metadata.jsonl`` (see :func:`metadata_scores`).
+SIGNALS = ("memorisation", "duplicate", "classifier", "clip_score")
+
+
+def metadata_scores(scores: dict[str, Any]) -> dict[str, Any]:
+    """A verdict's scores with the same keys and value types on every ``metadata.jsonl`` row.
+
+    A signal that was unavailable or skipped becomes ``None`` (never a string where other rows hold a number),
+    and is named in ``unavailable``, so tables built from the metadata keep one type per column.
+    """
+    def value(signal: str, key: str):
+        entry = scores.get(signal)
+        return entry.get(key) if isinstance(entry, dict) else None
+
+    return {
+        "sanity": dict(scores.get("sanity") or {}),
+        "classifier_label_probability": value("classifier", "label_probability"),
+        "classifier_top": value("classifier", "top"),
+        "clip_score": value("clip_score", "value"),
+        "memorisation_similarity": value("memorisation", "similarity"),
+        "memorisation_nearest": value("memorisation", "nearest"),
+        "duplicate_similarity": value("duplicate", "similarity"),
+        "unavailable": [signal for signal in SIGNALS if not isinstance(scores.get(signal), dict)],
+        "thresholds": scores.get("thresholds"),
+    }
+
+
 def best_of(verdicts: Sequence[Verdict]) -> int | None:
     """Best-of-N: the index of the best accepted verdict, ``None`` when none was accepted.
 
@@ -467,6 +506,7 @@ def build_verifier(
 
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "FAILURE_PRIORITY", "Failure", "ModalityThresholds", "Refinement", "Verdict", "Verifier",
-    "best_of", "build_verifier", "emphasised_prompt", "refinement_for", "thumbnail_data_uri",
+    "DEFAULT_THRESHOLDS", "FAILURE_PRIORITY", "SIGNALS", "Failure", "ModalityThresholds", "Refinement", "Verdict",
+    "Verifier", "best_of", "build_verifier", "emphasised_prompt", "metadata_scores", "refinement_for",
+    "thumbnail_data_uri",
 ]

@@ -78,6 +78,7 @@ def generate(
     steps: int | None = None,
     guidance: float | None = None,
     max_rounds: int | None = None,
+    best_of: int | None = None,
     profile: str | None = None,
     settings: Settings | None = None,
     on_progress=None,
@@ -85,7 +86,7 @@ def generate(
     """Generate ``n`` verified images of ``text`` into ordered storage under ``out``.
 
     Everything that can be checked is checked before anything is written: the numbers, the output
-    dir, the plan and the model profile.
+    dir, the plan, the model profile and the verifier's models.
 
     Returns:
         :class:`clinisynth.agents.runner.RunResult`.
@@ -93,19 +94,23 @@ def generate(
     from clinisynth.agents.runner import run_generation, validate_run_arguments
     from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError
     from clinisynth.generation.storage import OrderedStorage, check_output_dir
+    from clinisynth.verifier_setup import build_run_verifier
 
     settings = settings or Settings()
     profile = profile or settings.profile
-    max_rounds = max_rounds or settings.max_rounds
+    max_rounds = settings.max_rounds if max_rounds is None else max_rounds
+    best_of = settings.best_of if best_of is None else best_of
     # Cheap checks first: nothing is loaded, built or written before the request is known to be sound.
     if profile not in PROFILE_NAMES:
         raise ProfileError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILE_NAMES)}")
     validate_run_arguments(n_images=n, steps=steps, guidance=guidance, max_rounds=max_rounds,
-                           max_images=settings.max_images)
+                           max_images=settings.max_images, best_of=best_of)
     check_output_dir(Path(out))
     planner = get_planner(settings)
     planner.plan_for_generation(text)
     generator, resolved = load_generator(profile=profile, settings=settings)
+    verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device,
+                                  on_progress=on_progress)
     steps = steps if steps is not None else resolved.default_steps
     guidance = guidance if guidance is not None else resolved.default_guidance
     return run_generation(
@@ -118,6 +123,8 @@ def generate(
         steps=steps,
         guidance=guidance,
         max_rounds=max_rounds,
+        best_of=best_of,
         profile=profile,
+        verifier=verifier,
         on_progress=on_progress,
     )

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     max_request_chars: int = Field(default=4000, ge=1, description="longest accepted description")
     max_rounds: int = Field(default=3, ge=1, le=20, description="generate/verify/refine rounds before giving up")
     max_images: int = Field(default=1000, ge=1, description="largest -n for one request")
+    best_of: int = Field(default=1, ge=1, le=16, description="candidates per image and round; the best that passes is kept")
+    classifiers_dir: Path | None = Field(
+        default=None, description="folder of verifier classifiers, one sub-folder per modality; the shipped ones when unset")
+    clip_model: str | None = Field(
+        default=None, description="open_clip model (local dir or hf-hub: id) for the CLIP score; BiomedCLIP in full")
+    memorisation_data: dict[str, Path] = Field(
+        default_factory=dict, description="per modality, the prepared dataset the generator was trained on")
+    verifier_thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per modality, ModalityThresholds fields overriding the defaults")
 
     @classmethod
     def settings_customise_sources(

@@ -133,7 +133,8 @@ def missing_model_message(profile: ModelProfile, *, role: str, location: str, de
 GENERATOR_RECORD = "clinisynth_generator.json"
 
 
-def _generator_record(location: str) -> dict:
+def generator_record(location: str) -> dict:
+    """The ``clinisynth_generator.json`` of a trained generator folder; ``{}`` when there is none."""
     import json
 
     path = Path(location).expanduser() / GENERATOR_RECORD
@@ -193,7 +194,7 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
         generator = overrides.get("demo_generator") or str(cache_dir / "models" / "demo-generator")
         # A generator trained by `clinisynth train scratch` records the resolution and token length it was trained
         # with; sampling must use the same.
-        trained = _generator_record(generator)
+        trained = generator_record(generator)
         return ModelProfile(
             name="demo",
             text_encoder=text_encoder,

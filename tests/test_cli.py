@@ -105,6 +105,8 @@ def test_uncovered_modality_lists_what_is_covered(runner):
         (["--profile", "huge"], "huge"),
         (["--steps", "0"], "--steps must be between 1 and 1000"),
         (["--guidance", "99"], "--guidance must be between 0 and 30"),
+        (["--best-of", "0"], "--best-of must be between 1 and 16, got 0"),
+        (["--max-rounds", "0"], "--max-rounds must be between 1 and 20, got 0"),
     ],
 )
 def test_bad_generate_options_fail_before_any_work(runner, tmp_path, extra, message):
@@ -158,6 +160,13 @@ def test_generate_files_images_with_metadata_manifest_and_trace_and_continues(ru
     assert json.loads(shown.stdout)["run_id"] == trace["run_id"]
     human = runner.invoke(app, ["trace", "show", trace["run_id"], "--dir", str(out)])
     assert human.exit_code == 0 and "localize" in human.stdout
+
+    # The verifier says what it checked with; the second run's seed 7 redraws image 1, a duplicate of the dataset.
+    assert "tiny profile" in trace["verifier"]["unavailable"]["classifier"]
+    assert all(a["thumbnail"].startswith("data:image/png;base64,") for a in trace["attempts"])
+    second_trace = json.loads(runs[1].read_text(encoding="utf-8"))
+    duplicate = [a for a in second_trace["attempts"] if a["failure"] == "duplicate"]
+    assert len(duplicate) == 1 and duplicate[0]["seed"] == 7 and duplicate[0]["action"] == "new seed"
 
 
 def test_trace_show_of_unknown_run_is_a_clear_error(runner, tmp_path):

@@ -4,63 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from _graph_helpers import REQUEST, ScriptedGenerator
 
 from clinisynth.agents.graph import NODE_ORDER
 from clinisynth.agents.runner import run_generation
 from clinisynth.generation.storage import OrderedStorage
-
-REQUEST = "small left pneumothorax, PA chest radiograph"
-
-
-@dataclass
-class FakeImage:
-    image: Image.Image
-    seed: int
-    elapsed_s: float = 0.001
-
-
-def structured(seed: int) -> Image.Image:
-    """A radiograph-like picture: smooth background, two dark ellipses, seed-dependent detail."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:64, 0:64] / 64.0
-    picture = 0.4 + 0.3 * y
-    for cx in (0.3, 0.7):
-        picture -= 0.25 * (((x - cx) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2 < 1)
-    picture += 0.05 * rng.standard_normal((64, 64))
-    return Image.fromarray((np.clip(picture, 0, 1) * 255).astype(np.uint8))
-
-
-class ScriptedGenerator:
-    """Produces what ``script(round, seed)`` says: 'good', 'constant', 'noise' or 'same'."""
-
-    model_ids = {"profile": "scripted", "generator": "scripted", "text_encoder": "none"}
-
-    def __init__(self, script):
-        self.script = script
-        self.calls = []
-
-    def generate(self, *, prompt, negative_prompt, seeds, steps, guidance, callback=None):
-        self.calls.append({"seeds": list(seeds), "steps": steps, "guidance": guidance})
-        results = []
-        for index, seed in enumerate(seeds):
-            kind = self.script(len(self.calls), seed)
-            if kind == "good":
-                image = structured(seed)
-            elif kind == "same":
-                image = structured(0)
-            elif kind == "constant":
-                image = Image.new("L", (64, 64), 128)
-            else:
-                image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8))
-            results.append(FakeImage(image=image, seed=seed))
-            if callback:
-                callback(index + 1, len(seeds))
-        return results
 
 
 def run(planner, tmp_path, generator, *, n=2, max_rounds=3, steps=10):
@@ -89,7 +40,8 @@ def test_refine_retries_only_the_failed_slot_with_a_new_seed_and_more_steps(plan
     assert len(retry["seeds"]) == 1 and retry["seeds"][0] not in (100, 101)
     assert retry["steps"] == 15
     rejected = [a for a in result.trace["attempts"] if a["verdict"] == "rejected"]
-    assert len(rejected) == 1 and rejected[0]["reasons"][0].startswith("sanity:")
+    assert len(rejected) == 1 and rejected[0]["reasons"][0].startswith("quality: sanity check")
+    assert rejected[0]["failure"] == "quality" and rejected[0]["thumbnail"].startswith("data:image/png;base64,")
     assert rejected[0]["action"].startswith("new seed, steps 10 -> 15")
     assert (tmp_path / "out" / "runs" / result.run_id / rejected[0]["path"]).is_file()
 

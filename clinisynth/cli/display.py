@@ -37,6 +37,17 @@ def _short(value, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _score_line(scores: dict) -> str:
+    """The verifier's numbers of one attempt, short: classifier p, CLIP, nearest training image, duplicate."""
+    from clinisynth.agents.verifier import metadata_scores
+
+    flat = metadata_scores(scores)
+    parts = [f"{name} {flat[key]:.3f}" for name, key in (("p", "classifier_label_probability"), ("clip", "clip_score"),
+                                                          ("mem", "memorisation_similarity"),
+                                                          ("dup", "duplicate_similarity")) if flat[key] is not None]
+    return " ".join(parts)
+
+
 def show_trace(trace: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(f"[bold]run[/bold] {trace['run_id']}  {trace.get('created_at', '')}  status {trace.get('status')}")
@@ -50,11 +61,16 @@ def show_trace(trace: dict, console: Console | None = None) -> None:
         for direction in ("input", "output"):
             for key, value in (event.get(direction) or {}).items():
                 console.print(f"   {direction:6s} [bold]{key}[/bold]: {_short(value, 300)}", soft_wrap=True)
-    attempts = Table("slot", "round", "seed", "steps", "verdict", "reasons", "action", "candidate", title="attempts")
+    if trace.get("verifier"):
+        console.print(f"[bold]verifier[/bold] {_short(trace['verifier'], 400)}")
+    attempts = Table("slot", "round", "seed", "steps", "guidance", "verdict", "scores", "reasons", "action", "candidate",
+                     title="attempts")
+    styles = {"accepted": "green", "passed_not_chosen": "yellow"}
     for attempt in trace.get("attempts", []):
-        style = "green" if attempt["verdict"] == "accepted" else "red"
+        style = styles.get(attempt["verdict"], "red")
         attempts.add_row(str(attempt["slot"]), str(attempt["round"]), str(attempt["seed"]), str(attempt["steps"]),
-                         f"[{style}]{attempt['verdict']}[/{style}]", "; ".join(attempt.get("reasons", [])),
+                         f"{attempt['guidance']:g}", f"[{style}]{attempt['verdict']}[/{style}]",
+                         _score_line(attempt.get("scores") or {}), "; ".join(attempt.get("reasons", [])),
                          attempt.get("action") or "", attempt["path"])
     console.print(attempts)
     for name in trace.get("stored", []):
@@ -96,3 +112,5 @@ class GenerationProgress:
         elif event == "image":
             progress.update(self._task, description=f"round {info['round']}: generating",
                             completed=info["done"], total=info["total"])
+        elif event == "verifier":
+            progress.update(self._task, description=f"verifier: {info['message']}")

@@ -93,6 +93,7 @@ def generate(
     guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
     max_rounds: Annotated[Optional[int], typer.Option(help="generate/verify/refine rounds before giving up")] = None,
     profile: Annotated[Optional[str], typer.Option(help="model profile: tiny, demo or full")] = None,
+    best_of: Annotated[Optional[int], typer.Option(help="candidates per image and round; the best that passes is kept")] = None,
 ) -> None:
     """Plan, generate, verify and file images; every step is traced under OUT/runs/<run_id>/."""
     from rich.console import Console
@@ -104,7 +105,7 @@ def generate(
 
         with GenerationProgress(console=console, total=n) as progress:
             result = run(text, out=out, n=n, seed=seed, steps=steps, guidance=guidance, max_rounds=max_rounds,
-                         profile=profile, on_progress=progress.update)
+                         best_of=best_of, profile=profile, on_progress=progress.update)
     console.print(f"run {result.run_id}: {result.status}, stored {len(result.stored)} of {n} image(s) in {out}")
     for name in result.stored:
         typer.echo(str(Path(out) / name))

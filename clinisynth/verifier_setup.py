@@ -1,0 +1,87 @@
+"""The verifier of a generation run, built from settings: which signals it has and why the others are missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from clinisynth.settings import Settings
+
+
+def classifier_dirs(settings: Settings) -> dict[str, Path]:
+    """Per storage modality, the classifier folder in ``settings.classifiers_dir`` (the shipped ones when unset)."""
+    from clinisynth.evaluation.classifier import CONFIG_NAME
+    from clinisynth.models import CLASSIFIERS_DIR
+
+    root = Path(settings.classifiers_dir or CLASSIFIERS_DIR).expanduser()
+    if settings.classifiers_dir is not None and not root.is_dir():
+        raise FileNotFoundError(f"classifiers_dir {root} is not a folder; point CLINISYNTH_CLASSIFIERS_DIR at the "
+                                "folder holding one classifier per modality (e.g. chest_xray/)")
+    if not root.is_dir():
+        return {}
+    return {child.name: child for child in sorted(root.iterdir()) if (child / CONFIG_NAME).is_file()}
+
+
+def thresholds(settings: Settings) -> dict:
+    """The default per-modality thresholds with the settings' overrides applied (unknown fields are errors)."""
+    from dataclasses import fields, replace
+
+    from clinisynth.agents.verifier import DEFAULT_THRESHOLDS, ModalityThresholds
+
+    merged = dict(DEFAULT_THRESHOLDS)
+    known = {f.name for f in fields(ModalityThresholds)} - {"sanity"}
+    for modality, overrides in settings.verifier_thresholds.items():
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"verifier_thresholds.{modality} has unknown field(s) {unknown}; known: {sorted(known)}")
+        merged[modality] = replace(merged.get(modality, ModalityThresholds()), **overrides)
+    return merged
+
+
+def training_images(settings: Settings, profile) -> dict[str, list[Path]]:
+    """Per storage modality, the generator's training images for the memorisation index.
+
+    From ``settings.memorisation_data`` (prepared dataset folders), else, for a generator trained by
+    ``clinisynth train scratch``, the dataset its card names when that folder exists on this machine.
+    """
+    from clinisynth.generation.profiles import generator_record
+    from clinisynth.training.data import read_manifest
+
+    images: dict[str, list[Path]] = {}
+    for modality, folder in settings.memorisation_data.items():
+        images[modality] = [record.path for record in read_manifest(Path(folder).expanduser())]
+    if images or profile.name == "tiny":
+        return images
+    dataset = (generator_record(profile.generator).get("data") or {}).get("dataset")
+    if dataset and (Path(dataset) / "manifest.csv").is_file():
+        for record in read_manifest(Path(dataset)):
+            images.setdefault(record.modality.removeprefix("modality."), []).append(record.path)
+    return images
+
+
+def build_run_verifier(*, settings: Settings, profile, device: str = "cpu",
+                       on_progress: Callable[[str, dict], None] | None = None):
+    """The :class:`~clinisynth.agents.verifier.Verifier` for a run with ``profile``.
+
+    Classifiers are not applied to the ``tiny`` profile: its generator has random weights, so a class
+    probability of its output says nothing (the trace names the signal unavailable with this reason).
+    """
+    from clinisynth.agents.verifier import build_verifier
+    from clinisynth.evaluation.clip_score import BIOMEDCLIP_ID
+
+    clip_model = settings.clip_model or (BIOMEDCLIP_ID if profile.name == "full" else None)
+    images = training_images(settings, profile)
+    if on_progress is not None and images:
+        on_progress("verifier", {"message": "memorisation index of " + ", ".join(
+            f"{modality} ({len(paths)} images)" for modality, paths in images.items())})
+    verifier = build_verifier(
+        classifier_dirs=classifier_dirs(settings) if profile.name != "tiny" else None,
+        clip_model=clip_model, training_images=images or None, cache_dir=settings.cache_dir,
+        thresholds=thresholds(settings), device=device)
+    if profile.name == "tiny":
+        verifier.unavailable["classifier"] = ("not applied to the tiny profile: its generator has random weights "
+                                              "(use --profile demo or full for class-checked images)")
+    if not images:
+        verifier.unavailable["memorisation"] = ("no training images known for this generator; set memorisation_data "
+                                                "(env CLINISYNTH_MEMORISATION_DATA='{\"chest_xray\": \"DIR\"}')")
+    return verifier

@@ -1,0 +1,66 @@
+"""The run's verifier built from settings: shipped classifiers, threshold overrides, memorisation data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _training_helpers import make_dataset
+
+from clinisynth.generation.profiles import GENERATOR_RECORD, ModelProfile
+from clinisynth.models import CLASSIFIERS_DIR
+from clinisynth.settings import Settings
+from clinisynth.verifier_setup import build_run_verifier, classifier_dirs, thresholds
+
+
+def profile(name: str, generator: str = "unused") -> ModelProfile:
+    return ModelProfile(name=name, text_encoder="unused", generator=generator, resolution=64, default_steps=10,
+                        default_guidance=3.0, description="test", max_length=64)
+
+
+def test_the_shipped_classifiers_are_found_per_modality(tmp_path):
+    found = classifier_dirs(Settings(cache_dir=tmp_path))
+    assert found == {"brain_mri": CLASSIFIERS_DIR / "brain_mri", "chest_xray": CLASSIFIERS_DIR / "chest_xray"}
+
+
+def test_a_missing_classifiers_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="CLINISYNTH_CLASSIFIERS_DIR"):
+        classifier_dirs(Settings(cache_dir=tmp_path, classifiers_dir=tmp_path / "nope"))
+
+
+def test_threshold_overrides_merge_and_unknown_fields_are_refused(tmp_path):
+    merged = thresholds(Settings(cache_dir=tmp_path, verifier_thresholds={"chest_xray": {"min_label_probability": 0.7},
+                                                                         "oct": {"min_clip_score": 30}}))
+    assert merged["chest_xray"].min_label_probability == 0.7
+    assert merged["chest_xray"].max_memorisation_similarity == 0.985  # the default survives
+    assert merged["oct"].min_clip_score == 30
+    with pytest.raises(ValueError, match="unknown field"):
+        thresholds(Settings(cache_dir=tmp_path, verifier_thresholds={"oct": {"min_probability": 0.7}}))
+
+
+def test_tiny_profile_names_why_it_has_no_classifier(tmp_path):
+    verifier = build_run_verifier(settings=Settings(cache_dir=tmp_path), profile=profile("tiny"))
+    assert verifier.classifiers == {}
+    assert "tiny profile" in verifier.unavailable["classifier"]
+    assert "memorisation_data" in verifier.unavailable["memorisation"]
+    assert "no CLIP model" in verifier.unavailable["clip_score"]
+
+
+@pytest.mark.slow
+def test_a_trained_generator_gets_classifiers_and_a_memorisation_index_of_its_training_data(tmp_path):
+    dataset = make_dataset(tmp_path / "data", per_label=4)
+    generator = tmp_path / "generator"
+    generator.mkdir()
+    (generator / GENERATOR_RECORD).write_text(json.dumps({"data": {"dataset": str(dataset)}}))
+    verifier = build_run_verifier(settings=Settings(cache_dir=tmp_path / "cache"), profile=profile("demo", str(generator)))
+    assert set(verifier.classifiers) == {"chest_xray", "brain_mri"}
+    assert len(verifier.memorisation["chest_xray"]) == 8
+    described = verifier.describe()
+    assert described["memorisation"] == {"chest_xray": 8} and "memorisation" not in described["unavailable"]
+
+
+def test_memorisation_data_from_the_environment(tmp_path, monkeypatch):
+    dataset = make_dataset(tmp_path / "data", per_label=3)
+    monkeypatch.setenv("CLINISYNTH_MEMORISATION_DATA", json.dumps({"chest_xray": str(dataset)}))
+    verifier = build_run_verifier(settings=Settings(cache_dir=tmp_path / "cache"), profile=profile("tiny"))
+    assert len(verifier.memorisation["chest_xray"]) == 6
