@@ -147,6 +147,15 @@ def generator_record(location: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def default_demo_generator(cache_dir: Path) -> Path:
+    """The shipped demo generator (``clinisynth.models``) when the package has one, else the cache's."""
+    from clinisynth.models import DEMO_GENERATOR_DIR
+
+    if (DEMO_GENERATOR_DIR / "model_index.json").is_file():
+        return DEMO_GENERATOR_DIR
+    return Path(cache_dir) / "models" / "demo-generator"
+
+
 def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None) -> ModelProfile:
     """The :class:`ModelProfile` called ``name``.
 
@@ -191,7 +200,7 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
         )
     if name == "demo":
         text_encoder = overrides.get("demo_text_encoder") or str(packaged_minilm_dir())
-        generator = overrides.get("demo_generator") or str(cache_dir / "models" / "demo-generator")
+        generator = overrides.get("demo_generator") or str(default_demo_generator(cache_dir))
         # A generator trained by `clinisynth train scratch` records the resolution and token length it was trained
         # with; sampling must use the same.
         trained = generator_record(generator)

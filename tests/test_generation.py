@@ -251,7 +251,11 @@ def test_unknown_profile_lists_the_known_ones(tmp_path):
         resolve_profile("full", cache_dir=tmp_path, overrides={"full_generatr": "x"})
 
 
-def test_missing_demo_generator_is_a_clear_error(tmp_path):
+def test_missing_demo_generator_is_a_clear_error(tmp_path, monkeypatch):
+    import clinisynth.models
+
+    # As on an install without the shipped generator: the cache location is the default.
+    monkeypatch.setattr(clinisynth.models, "DEMO_GENERATOR_DIR", tmp_path / "not-shipped")
     profile = resolve_profile("demo", cache_dir=tmp_path)
     assert Path(profile.text_encoder).is_dir()  # the packaged MiniLM, resolved offline
     expected_dir = tmp_path / "models" / "demo-generator"

@@ -48,15 +48,18 @@ def test_vae_run_writes_model_curves_and_scaling(built):
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3
 
 
-def test_scratch_pipeline_loads_through_the_demo_profile(built):
+def test_scratch_pipeline_loads_through_the_demo_profile(built, monkeypatch):
     import numpy as np
 
+    import clinisynth.models
+
+    monkeypatch.setattr(clinisynth.models, "DEMO_GENERATOR_DIR", built["root"] / "not-shipped")
     pipeline_dir = built["pipeline"]
     assert {"model_index.json", "unet", "vae", "scheduler", "README.md", "clinisynth_generator.json"} <= {
         p.name for p in pipeline_dir.iterdir()}
     card = (pipeline_dir / "README.md").read_text()
     assert "synthetic test images" in card and "NOT for" in card
-    # The demo profile's default location is <cache_dir>/models/demo-generator.
+    # Without a shipped generator, the demo profile's default location is <cache_dir>/models/demo-generator.
     profile = resolve_profile("demo", cache_dir=built["root"])
     assert profile.generator == str(pipeline_dir)
     assert (profile.resolution, profile.max_length) == (16, 32)  # from the generator's own record
