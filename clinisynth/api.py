@@ -91,8 +91,9 @@ def generate(
     Returns:
         :class:`clinisynth.agents.runner.RunResult`.
     """
+    from clinisynth.agents.planner import PlanError
     from clinisynth.agents.runner import run_generation, validate_run_arguments
-    from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError
+    from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError, coverage_problem, generator_record
     from clinisynth.generation.storage import OrderedStorage, check_output_dir
     from clinisynth.verifier_setup import build_run_verifier
 
@@ -107,8 +108,12 @@ def generate(
                            max_images=settings.max_images, best_of=best_of)
     check_output_dir(Path(out))
     planner = get_planner(settings)
-    planner.plan_for_generation(text)
+    checked = planner.plan_for_generation(text)
     generator, resolved = load_generator(profile=profile, settings=settings)
+    problem = coverage_problem(generator_record(resolved.generator), location=resolved.generator,
+                               modality=planner.knowledge.get(checked.modality.id).label, label=checked.label)
+    if problem:
+        raise PlanError(problem)
     verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device,
                                   on_progress=on_progress)
     steps = steps if steps is not None else resolved.default_steps

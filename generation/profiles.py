@@ -147,6 +147,26 @@ def generator_record(location: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def coverage_problem(record: dict, *, modality: str, label: str, location: str) -> str | None:
+    """Why a trained generator cannot draw ``label`` in ``modality`` (``None`` when it can, or when its record
+    does not say what it was trained on).
+
+    Args:
+        record: the generator's :data:`GENERATOR_RECORD` (``modality``, ``labels``).
+        modality, label: the plan's storage modality and class label.
+        location: the generator folder, named in the message.
+    """
+    trained_modality, labels = record.get("modality"), record.get("labels")
+    if not trained_modality or not labels:
+        return None
+    covered = f"{trained_modality} ({', '.join(labels)})"
+    if modality != trained_modality or label not in labels:
+        return (f"the generator at {location} was trained on {covered} only, so it cannot draw {label!r} in "
+                f"{modality}; describe one of those, or use a generator or LoRA adapter trained for {label} "
+                "(--profile full, clinisynth train lora)")
+    return None
+
+
 def default_demo_generator(cache_dir: Path) -> Path:
     """The shipped demo generator (``clinisynth.models``) when the package has one, else the cache's."""
     from clinisynth.models import DEMO_GENERATOR_DIR

@@ -95,3 +95,20 @@ def test_scratch_resume_refuses_another_run_and_missing_vae(built, tmp_path):
     with pytest.raises(FileNotFoundError, match="train vae"):
         train_scratch(dataset_dir=built["dataset"], output_dir=run, vae_dir=tmp_path,
                       text_encoder=str(packaged_minilm_dir()), settings_overrides={"max_steps": 1})
+
+
+def test_a_scratch_generator_refuses_what_it_was_not_trained_on(built, tmp_path):
+    from clinisynth.agents.planner import PlanError
+    from clinisynth.api import generate
+    from clinisynth.settings import Settings
+
+    record = json.loads((built["pipeline"] / "clinisynth_generator.json").read_text())
+    assert record["modality"] == "chest_xray" and record["labels"] == ["normal", "pneumonia"]
+    settings = Settings(cache_dir=built["root"] / "cache", demo_generator=built["pipeline"])
+    out = tmp_path / "out"
+    for request, asked in (("small left pneumothorax, PA chest radiograph", "'pneumothorax' in chest_xray"),
+                           ("glioblastoma, axial T1 post-contrast brain MRI", "in brain_mri")):
+        with pytest.raises(PlanError) as caught:
+            generate(request, out=out, n=1, profile="demo", settings=settings)
+        assert asked in str(caught.value) and "chest_xray (normal, pneumonia) only" in str(caught.value)
+    assert not out.exists()

@@ -84,6 +84,11 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     settings = LoopSettings(output_dir=out, **(settings_overrides or {}))
     settings.check()
     records = read_manifest(dataset_dir, labels=labels, limit=limit)
+    modalities = sorted({r.modality.removeprefix("modality.") for r in records})
+    if len(modalities) != 1:
+        raise ValueError(f"a scratch generator is trained on one modality; the selection has {modalities}: "
+                         "prepare or select one")
+    modality = modalities[0]
     captions = captions_for(records, knowledge=knowledge)
     caption_of = {r.path: c for r, c in zip(records, captions)}
     train_records, val_records = split_records(records, validation_fraction=validation_fraction,
@@ -159,7 +164,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     try:
         build_pipeline().save_pretrained(str(staging), safe_serialization=True)
         record = {
-            "kind": "scratch", "text_encoder": str(text_encoder), "text_encoder_hidden_size":
+            "kind": "scratch", "modality": modality, "text_encoder": str(text_encoder), "text_encoder_hidden_size":
             int(encoder.config.hidden_size), "max_length": max_length, "resolution": resolution,
             "default_steps": sample_steps, "default_guidance": guidance, "labels": sorted(sample_prompts),
             "prompts": sample_prompts, "data": {"dataset": str(Path(dataset_dir).resolve()),
@@ -195,7 +200,7 @@ def _card(record: dict) -> str:
         f"- text encoder: `{record['text_encoder']}` (hidden size {record['text_encoder_hidden_size']}), "
         f"max_length {record['max_length']}",
         f"- resolution: {record['resolution']} px; U-Net parameters: {record['unet_parameters']:,}",
-        f"- labels: {', '.join(record['labels'])}",
+        f"- modality: {record.get('modality')}; labels: {', '.join(record['labels'])} (the only classes it can draw)",
         f"- data: {data['train_images']} training + {data['validation_images']} held-out images from "
         f"`{data['dataset']}`",
         f"- steps: {metrics['steps']} ({metrics['seconds']} s); final train loss {metrics['final_train_loss']}, "
