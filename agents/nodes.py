@@ -274,7 +274,7 @@ def store(state: GraphState, runtime: Runtime[Services]) -> dict:
                     "seed": attempt["seed"],
                     "steps": attempt["steps"],
                     "guidance": attempt["guidance"],
-                    "adapters": [],
+                    "adapters": list(getattr(services.generator, "adapters", [])),
                     **{f"model_{k}": v for k, v in services.generator.model_ids.items()},
                     "scores": metadata_scores(attempt["scores"]),
                     "round": attempt["round"],

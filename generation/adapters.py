@@ -9,6 +9,9 @@ An adapter is a directory (DESIGN.md)::
                                   metrics, and signatures of the base U-Net and encoder it was trained on
     README.md                     the card for people
     text_projection.*             only when the encoder width differs from the U-Net's cross-attention width
+    text_encoder/adapter_model.safetensors, text_encoder/adapter_config.json
+                                  only when the text encoder was trained too (``train lora --train-text-encoder``):
+                                  a PEFT LoRA on its attention (``query``, ``key``, ``value``)
 
 Loading checks every key and shape against the U-Net before anything changes (diffusers' own loaders
 silently load nothing from keys with the wrong prefix, see PITFALLS.md), and refuses an adapter whose
@@ -35,6 +38,9 @@ PEFT_PREFIX = "base_model.model."
 DIFFUSERS_PREFIX = "unet."
 #: U-Net attention projections LoRA is injected into.
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+#: BERT-family self-attention projections of the optional text-encoder LoRA, and where it is saved.
+TEXT_ENCODER_TARGET_MODULES = ("query", "key", "value")
+TEXT_ENCODER_DIR = "text_encoder"
 #: Relative tolerance of signature comparison: survives fp16 / bf16 loading, not a different model.
 SIGNATURE_RTOL = 2e-2
 
@@ -59,6 +65,7 @@ class AdapterCard:
         base_signature, text_encoder_signature: numbers that identify the weights it was trained on.
         max_length: token length used at training.
         projection: carries a text projection.
+        text_encoder_lora: carries a LoRA of the text encoder (``text_encoder/``).
         prompts: a typical training caption per label.
         data, metrics: free-form provenance.
     """
@@ -76,6 +83,7 @@ class AdapterCard:
     text_encoder_signature: tuple[float, ...]
     max_length: int = 128
     projection: bool = False
+    text_encoder_lora: bool = False
     prompts: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -128,19 +136,26 @@ def read_card(directory: Path) -> AdapterCard:
                            f"{', '.join(REQUIRED_FILES)} (as `clinisynth train lora` writes)")
     try:
         raw = json.loads((directory / CARD_DATA).read_text())
-        return AdapterCard(
+        card = AdapterCard(
             name=directory.name, path=directory, base_model=str(raw["base_model"]),
             text_encoder=str(raw["text_encoder"]), modality=str(raw["modality"]),
             labels=tuple(str(x) for x in raw["labels"]), rank=int(raw["rank"]), alpha=float(raw["alpha"]),
             steps=int(raw["steps"]), base_signature=tuple(float(x) for x in raw["base_signature"]),
             text_encoder_signature=tuple(float(x) for x in raw["text_encoder_signature"]),
             max_length=int(raw.get("max_length", 128)), projection=bool(raw.get("projection", False)),
+            text_encoder_lora=bool(raw.get("text_encoder_lora", False)),
             prompts=dict(raw.get("prompts", {})), data=dict(raw.get("data", {})),
             metrics=dict(raw.get("metrics", {})),
         )
     except (ValueError, KeyError, TypeError) as error:
         raise AdapterError(f"adapter card {directory / CARD_DATA} is malformed ({type(error).__name__}: {error})") \
             from error
+    if card.text_encoder_lora:
+        missing = [name for name in (PEFT_WEIGHTS, PEFT_CONFIG) if not (directory / TEXT_ENCODER_DIR / name).is_file()]
+        if missing:
+            raise AdapterError(f"adapter {directory} says it trained the text encoder but lacks "
+                               f"{', '.join(TEXT_ENCODER_DIR + '/' + m for m in missing)}; retrain or restore it")
+    return card
 
 
 def _modality_id(modality) -> str | None:
@@ -315,6 +330,49 @@ def inject_adapter(unet, card: AdapterCard, *, adapter_name: str) -> None:
     unet.enable_lora()
 
 
+def read_text_encoder_weights(card: AdapterCard, *, text_encoder) -> tuple[dict, dict]:
+    """``(state_dict, lora_config_kwargs)`` of ``card``'s text-encoder LoRA, every key and shape checked.
+
+    Raises:
+        AdapterError: missing or unexpected keys or wrong shapes (an encoder of another architecture).
+    """
+    from safetensors.torch import load_file
+
+    folder = card.path / TEXT_ENCODER_DIR
+    config = json.loads((folder / PEFT_CONFIG).read_text())
+    target_modules = config.get("target_modules") or list(TEXT_ENCODER_TARGET_MODULES)
+    rank = int(config["r"])
+    expected = expected_lora_keys(text_encoder, target_modules=target_modules, rank=rank)
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(
+            f"adapter {card.name!r}: its text-encoder LoRA does not fit this encoder: {len(missing)} missing key(s)"
+            f"{' e.g. ' + repr(missing[0]) if missing else ''}, {len(unexpected)} unexpected"
+            f"{' e.g. ' + repr(unexpected[0]) if unexpected else ''}")
+    bad = [(k, tuple(v.shape), expected[k]) for k, v in state.items() if tuple(v.shape) != expected[k]]
+    if bad:
+        key, got, want = bad[0]
+        raise AdapterError(f"adapter {card.name!r}: text-encoder {key} has shape {got}, this encoder needs {want}")
+    return state, {"r": rank, "lora_alpha": float(config.get("lora_alpha", rank)),
+                   "target_modules": list(target_modules), "lora_dropout": 0.0}
+
+
+def inject_text_encoder_adapter(text_encoder, card: AdapterCard, *, adapter_name: str) -> None:
+    """Add ``card``'s text-encoder LoRA to ``text_encoder`` (keys checked first; nothing changes on error)."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    state, kwargs = read_text_encoder_weights(card, text_encoder=text_encoder)
+    text_encoder.add_adapter(LoraConfig(**kwargs), adapter_name=adapter_name)
+    result = set_peft_model_state_dict(text_encoder, state, adapter_name=adapter_name)
+    if list(getattr(result, "unexpected_keys", []) or []):
+        text_encoder.delete_adapter(adapter_name)
+        raise AdapterError(f"adapter {card.name!r}: PEFT did not place the text-encoder keys")
+    text_encoder.set_adapter(adapter_name)
+    text_encoder.requires_grad_(False)
+
+
 def _adapter_names(unet) -> list[str]:
     config = getattr(unet, "peft_config", None)
     return list(config) if config else []
@@ -324,7 +382,7 @@ def _adapter_names(unet) -> list[str]:
 
 
 def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card: dict, projection=None,
-                 card_text: str | None = None) -> Path:
+                 card_text: str | None = None, text_encoder=None, text_encoder_lora_config=None) -> Path:
     """Write an adapter folder (all files of the module docstring), staged and renamed into place.
 
     Args:
@@ -334,6 +392,8 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
         card: card data (see :class:`AdapterCard`; signatures, labels, ...).
         projection: a trained text projection, or ``None``.
         card_text: the README; a summary of ``card`` when ``None``.
+        text_encoder, text_encoder_lora_config: a text encoder holding a trained LoRA ``adapter_name`` and its
+            ``peft.LoraConfig``, saved under ``text_encoder/``; ``None`` when the encoder was frozen.
     """
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -347,6 +407,13 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
     config = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in config.items()}
     config["base_model_name_or_path"] = card.get("base_model")
     config["peft_type"] = "LORA"
+    text_state = text_config = None
+    if text_encoder is not None:
+        text_state = {k: v.detach().float().cpu().contiguous()
+                      for k, v in get_peft_model_state_dict(text_encoder, adapter_name=adapter_name).items()}
+        text_config = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v)
+                       for k, v in text_encoder_lora_config.to_dict().items()}
+        text_config.update(base_model_name_or_path=card.get("text_encoder"), peft_type="LORA")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -356,7 +423,12 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
         (staging / PEFT_CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
         if projection is not None:
             save_projection(projection, staging)
-        (staging / CARD_DATA).write_text(json.dumps({**card, "projection": projection is not None}, indent=2,
+        if text_state is not None:
+            (staging / TEXT_ENCODER_DIR).mkdir()
+            save_file({PEFT_PREFIX + k: v for k, v in text_state.items()}, str(staging / TEXT_ENCODER_DIR / PEFT_WEIGHTS))
+            (staging / TEXT_ENCODER_DIR / PEFT_CONFIG).write_text(json.dumps(text_config, indent=2, default=str) + "\n")
+        (staging / CARD_DATA).write_text(json.dumps({**card, "projection": projection is not None,
+                                                     "text_encoder_lora": text_state is not None}, indent=2,
                                                     default=str) + "\n")
         (staging / CARD_TEXT).write_text(card_text or card_markdown(card))
         read_card(staging)  # what we wrote must read back

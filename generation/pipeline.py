@@ -249,20 +249,32 @@ class Generator:
     def load_adapter(self, adapter, *, name: str | None = None) -> str:
         """Load one LoRA adapter (a card or a directory), checked against this U-Net and encoder; return its name.
 
-        It is active at weight 1 alongside those already loaded (:meth:`set_adapter_weights` changes that).
+        It is active at weight 1 alongside those already loaded (:meth:`set_adapter_weights` changes that). An
+        adapter that also trained the text encoder is used alone, at weight 1: the text encoder has one LoRA.
         """
-        from clinisynth.generation.adapters import check_compatible, inject_adapter
+        from clinisynth.generation.adapters import check_compatible, inject_adapter, inject_text_encoder_adapter
 
         card = _as_card(adapter)
         if self._fused:
             raise AdapterError("adapters are fused; call unfuse_adapters() before loading another")
+        with_encoder = [n for n, e in self._adapters.items() if e["card"].text_encoder_lora]
+        if self._adapters and (card.text_encoder_lora or with_encoder):
+            raise AdapterError(f"adapter {(with_encoder or [card.name])[0]!r} trained the text encoder too, so it is "
+                               f"used alone; unload {sorted(self._adapters)} first")
         if card.projection and self.projection is None:
             raise AdapterError(f"adapter {card.name!r} carries a text projection; load it with "
                                "Generator.from_profile(..., adapters=[...]) so the projection is used")
         check_compatible(card, unet=self.pipeline.unet, text_encoder=self.text_encoder,
                          max_length=self.profile.max_length)
         adapter_name = name or card.name
-        inject_adapter(self.pipeline.unet, card, adapter_name=adapter_name)
+        if card.text_encoder_lora:  # checked and placed before the U-Net changes
+            inject_text_encoder_adapter(self.text_encoder, card, adapter_name=adapter_name)
+        try:
+            inject_adapter(self.pipeline.unet, card, adapter_name=adapter_name)
+        except AdapterError:
+            if card.text_encoder_lora:
+                self.text_encoder.delete_adapter(adapter_name)
+            raise
         self._adapters[adapter_name] = {"card": card, "weight": 1.0}
         self.pipeline.unet.set_adapters(list(self._adapters), [e["weight"] for e in self._adapters.values()])
         return adapter_name
@@ -278,6 +290,10 @@ class Generator:
                 raise ValueError(f"adapter weight of {adapter_name!r} must be a number from -4 to 4, got {weight!r}")
         if self._fused:
             raise AdapterError("adapters are fused; call unfuse_adapters() before changing weights")
+        for adapter_name, entry in self._adapters.items():
+            if entry["card"].text_encoder_lora and float(weights.get(adapter_name, 0.0)) != 1.0:
+                raise AdapterError(f"adapter {adapter_name!r} trained the text encoder too; it runs at weight 1 "
+                                   "(unload it to switch it off)")
         for adapter_name, entry in self._adapters.items():
             entry["weight"] = float(weights.get(adapter_name, 0.0))
         self.pipeline.unet.set_adapters(list(self._adapters), [e["weight"] for e in self._adapters.values()])
@@ -318,7 +334,8 @@ class Generator:
         self.unfuse_adapters()
         unet = self.pipeline.unet
         for adapter_name in names:
-            self._adapters.pop(adapter_name)
+            if self._adapters.pop(adapter_name)["card"].text_encoder_lora:
+                self.text_encoder.delete_adapter(adapter_name)
         if self._adapters:
             unet.delete_adapters(names)
             unet.set_adapters(list(self._adapters), [e["weight"] for e in self._adapters.values()])
@@ -330,7 +347,8 @@ class Generator:
     def adapters(self) -> list[dict]:
         """Loaded adapters for metadata: ``[{"name", "weight", "fused", "modality", "labels"}]``."""
         return [{"name": n, "weight": e["weight"], "fused": self._fused, "modality": e["card"].modality,
-                 "labels": list(e["card"].labels)} for n, e in self._adapters.items()]
+                 "labels": list(e["card"].labels), "text_encoder_lora": e["card"].text_encoder_lora}
+                for n, e in self._adapters.items()]
 
     @property
     def model_ids(self) -> dict[str, str]:

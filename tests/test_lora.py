@@ -212,3 +212,36 @@ def test_projection_and_prior_preservation(tmp_path, cache_dir, dataset):
     assert embeds.shape[-1] == 32
     image = generator.generate(prompt="chest radiograph", negative_prompt="", seeds=[0], steps=1, guidance=2.0)[0]
     assert image.image.size == (64, 64)
+
+
+@pytest.mark.slow
+def test_text_encoder_lora_is_trained_saved_loaded_alone_and_unloaded(tmp_path, cache_dir, dataset, trained):
+    import torch
+    from safetensors.torch import load_file
+
+    from clinisynth.generation.adapters import AdapterError
+
+    profile = resolve_profile("tiny", cache_dir=cache_dir)
+    adapter = train_lora(profile=profile, dataset_dir=dataset, output_dir=tmp_path / "run", rank=4,
+                         num_sample_seeds=1, sample_steps=1, validation_fraction=0.25, train_text_encoder=True,
+                         settings_overrides={**FAST, "max_steps": 3, "checkpoint_every": 0}, log=lambda _: None)
+    card = read_card(adapter)
+    assert card.text_encoder_lora and (adapter / "text_encoder" / "adapter_config.json").is_file()
+    text_state = load_file(str(adapter / "text_encoder" / "adapter_model.safetensors"))
+    assert any(".query.lora_B" in key for key in text_state)
+    # lora_B starts at zero: non-zero values mean the encoder LoRA was trained.
+    assert max(float(v.abs().max()) for k, v in text_state.items() if "lora_B" in k) > 0
+
+    generator = Generator.from_profile(profile, device="cpu")
+    base_embeds, _ = generator.encode([CAPTIONS["pneumonia"]])
+    generator.load_adapter(card)
+    adapted, _ = generator.encode([CAPTIONS["pneumonia"]])
+    assert not torch.allclose(adapted, base_embeds)
+    assert generator.adapters[0]["text_encoder_lora"] is True
+    with pytest.raises(AdapterError, match="used alone"):
+        generator.load_adapter(trained["adapter"])
+    with pytest.raises(AdapterError, match="weight 1"):
+        generator.set_adapter_weights({card.name: 0.5})
+    generator.unload_adapters()
+    restored, _ = generator.encode([CAPTIONS["pneumonia"]])
+    assert torch.equal(restored, base_embeds)

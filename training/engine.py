@@ -152,8 +152,16 @@ class EMA:
                     p.copy_(backup[name])
 
 
-def make_conditioned_unet(unet, projection=None):
-    """A module wrapping the U-Net (and the optional text projection) so accelerate prepares both as one model."""
+def make_conditioned_unet(unet, projection=None, caption_encoder=None):
+    """A module wrapping the U-Net (and the optional text projection and caption encoder) so accelerate prepares
+    them as one model.
+
+    Args:
+        unet: the diffusers ``UNet2DConditionModel``.
+        projection: a text projection applied to the encoder output, or ``None``.
+        caption_encoder: a :class:`CaptionEncoder` when the text encoder is trained; the model is then called with
+            caption rows (``TrainingData.caption_index`` values) instead of cached embeddings.
+    """
     import torch
 
     class _Conditioned(torch.nn.Module):
@@ -161,13 +169,46 @@ def make_conditioned_unet(unet, projection=None):
             super().__init__()
             self.unet = unet
             self.projection = projection
+            self.caption_encoder = caption_encoder
 
-        def forward(self, noisy, timesteps, embeds):
+        def forward(self, noisy, timesteps, conditioning):
+            embeds = self.caption_encoder(conditioning) if self.caption_encoder is not None else conditioning
             if self.projection is not None:
                 embeds = self.projection(embeds)
             return self.unet(noisy, timesteps, encoder_hidden_states=embeds).sample
 
     return _Conditioned()
+
+
+def make_caption_encoder(*, tokenizer, text_encoder, captions: list[str], max_length: int):
+    """A module that encodes caption rows with ``encode_text`` under the caller's grad mode (for encoder training).
+
+    Args:
+        tokenizer, text_encoder: the profile's; the encoder holds the trainable LoRA.
+        captions: the distinct captions (``encode_captions``' third value); row ``i`` is ``captions[i]``.
+        max_length: the profile's token length.
+    """
+    import torch
+
+    from clinisynth.generation.text_encoding import encode_text
+
+    class CaptionEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text_encoder = text_encoder
+
+        def forward(self, rows):
+            prompts = [captions[int(row)] for row in rows.tolist()]
+            embeds, _ = encode_text(tokenizer=tokenizer, text_encoder=self.text_encoder, prompts=prompts,
+                                    max_length=max_length, device=rows.device)
+            return embeds
+
+    return CaptionEncoder()
+
+
+def _conditioning(model, caption_embeds, rows):
+    """What the wrapped model is called with: caption rows when it encodes captions itself, else cached embeddings."""
+    return rows if getattr(model, "caption_encoder", None) is not None else caption_embeds[rows]
 
 
 def make_optimizer(parameters: list, *, learning_rate: float, device):
@@ -234,7 +275,7 @@ def validation_loss(*, model, noise_scheduler, data: TrainingData, device, seed:
             noise = torch.randn(latents.shape, generator=generator).to(device)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),),
                                       generator=generator).to(device)
-            embeds = data.caption_embeds[data.val_caption_index[index]].to(device)
+            embeds = _conditioning(model, data.caption_embeds.to(device), data.val_caption_index[index].to(device))
             loss = diffusion_loss(model=model, noise_scheduler=noise_scheduler, latents=latents, embeds=embeds,
                                   noise=noise, timesteps=timesteps, snr_gamma=None)
             total += float(loss) * len(index)
@@ -311,6 +352,8 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
     def unwrapped():
         return accelerator.unwrap_model(model)
 
+    encodes = unwrapped()  # has a caption_encoder when the text encoder is trained
+
     def evaluate_and_plot(at_step: int) -> None:
         if not accelerator.is_main_process:
             return
@@ -347,11 +390,11 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
             index = torch.randint(0, count, (settings.batch_size,), generator=shard)
             index = index.to(device)
             latents = _sample_latents(latent_mean, latent_std, index, data.scaling_factor)
-            embeds = caption_embeds[caption_index[index]]
+            embeds = _conditioning(encodes, caption_embeds, caption_index[index])
             if prior:
                 p_index = torch.randint(0, int(prior_mean.shape[0]), (settings.batch_size,)).to(device)
                 latents = torch.cat([latents, _sample_latents(prior_mean, prior_std, p_index, data.scaling_factor)])
-                embeds = torch.cat([embeds, caption_embeds[prior_index[p_index]]])
+                embeds = torch.cat([embeds, _conditioning(encodes, caption_embeds, prior_index[p_index])])
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, timesteps_total, (latents.shape[0],), device=device)
             with accelerator.autocast():

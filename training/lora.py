@@ -1,4 +1,5 @@
-"""``train lora``: LoRA on the U-Net attention layers of a profile's generator, text encoder frozen.
+"""``train lora``: LoRA on the U-Net attention layers of a profile's generator; the text encoder is frozen unless
+``train_text_encoder`` adds a LoRA to its self-attention too.
 
 The adapter is trained on the exact components :class:`clinisynth.generation.pipeline.Generator` samples from
 (:func:`clinisynth.generation.pipeline.load_components`), with captions encoded by the one ``encode_text``, and
@@ -14,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from clinisynth.generation.adapters import DEFAULT_TARGET_MODULES
+from clinisynth.generation.adapters import DEFAULT_TARGET_MODULES, TEXT_ENCODER_TARGET_MODULES
 from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
 from clinisynth.training.data import load_images, read_manifest, split_records
 from clinisynth.training.engine import (
@@ -22,6 +23,7 @@ from clinisynth.training.engine import (
     TrainingData,
     encode_captions,
     encode_latents,
+    make_caption_encoder,
     make_conditioned_unet,
     run_training,
 )
@@ -59,6 +61,26 @@ def add_lora(unet, *, rank: int, alpha: float | None = None, dropout: float = 0.
     return config
 
 
+def add_text_encoder_lora(text_encoder, *, rank: int, alpha: float | None = None, dropout: float = 0.0,
+                          adapter_name: str = ADAPTER_NAME, seed: int = 0):
+    """Inject a trainable LoRA into a BERT-family encoder's self-attention (``query``, ``key``, ``value``); the
+    rest of the encoder stays frozen. Returns the ``peft.LoraConfig``."""
+    import torch
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank), lora_dropout=float(dropout),
+                        init_lora_weights="gaussian", target_modules=list(TEXT_ENCODER_TARGET_MODULES))
+    text_encoder.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        text_encoder.add_adapter(config, adapter_name=adapter_name)
+    missing = [name for name, p in text_encoder.named_parameters() if "lora_" in name and not p.requires_grad]
+    if missing or not any("lora_" in name for name, _ in text_encoder.named_parameters()):
+        raise ValueError(f"the text encoder has no trainable {list(TEXT_ENCODER_TARGET_MODULES)} layers to adapt; "
+                         "train_text_encoder needs a BERT-family encoder")
+    return config
+
+
 def _manifest_sha256(dataset_dir: Path) -> str:
     return hashlib.sha256((Path(dataset_dir) / "manifest.csv").read_bytes()).hexdigest()
 
@@ -68,7 +90,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                rank: int = 8, alpha: float | None = None, dropout: float = 0.0,
                target_modules=DEFAULT_TARGET_MODULES, settings_overrides: dict | None = None,
                validation_fraction: float = 0.05, class_prompt: str | None = None, num_class_images: int = 0,
-               class_image_steps: int | None = None,
+               class_image_steps: int | None = None, train_text_encoder: bool = False,
                knowledge=None, num_sample_seeds: int = 2, sample_steps: int | None = None,
                guidance: float | None = None, accelerator=None, log: Callable[[str], None] = print) -> Path:
     """Train a LoRA adapter on a prepared manifest; return the adapter folder.
@@ -86,6 +108,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
             model (``num_class_images`` of them, cached in ``output_dir/class_images``) and trained on alongside.
         num_class_images: how many class images (required > 0 with ``class_prompt``).
         class_image_steps: sampling steps of the class images (the profile's default when ``None``).
+        train_text_encoder: also train a LoRA (same rank, alpha, dropout) on the text encoder's self-attention;
+            captions are then encoded every step instead of once, and the adapter carries ``text_encoder/``.
         knowledge: knowledge base for rows without caption text.
         num_sample_seeds: validation images per label.
         sample_steps, guidance: validation sampling (profile defaults when ``None``).
@@ -119,7 +143,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                 "n_images": len(records), "labels": sorted({r.label for r in records}), "modality": modalities[0],
                 "rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(target_modules),
                 "resolution": profile.resolution, "max_length": profile.max_length, "seed": settings.seed,
-                "class_prompt": class_prompt, "num_class_images": num_class_images}
+                "class_prompt": class_prompt, "num_class_images": num_class_images,
+                "train_text_encoder": train_text_encoder}
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)
     if checkpoint is not None:
@@ -152,8 +177,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                                      steps=class_image_steps or profile.default_steps, log=log)
         prior_mean, prior_std = encode_latents(vae, prior_images)
         all_captions += [class_prompt]
-    index, embeds, _ = encode_captions(tokenizer=tokenizer, text_encoder=text_encoder, captions=all_captions,
-                                       max_length=profile.max_length)
+    index, embeds, distinct = encode_captions(tokenizer=tokenizer, text_encoder=text_encoder, captions=all_captions,
+                                              max_length=profile.max_length)
     n_train, n_val = len(train_records), len(val_records)
     data = TrainingData(
         latent_mean=mean, latent_std=std, caption_index=index[:n_train], caption_embeds=embeds,
@@ -168,8 +193,17 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
     trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
     if projection is not None:
         trainable.update({f"projection.{name}": p for name, p in projection.named_parameters()})
-    model = make_conditioned_unet(unet, projection)
-    total = sum(p.numel() for p in unet.parameters()) + (projection.weight.numel() if projection is not None else 0)
+    text_lora_config = caption_encoder = None
+    if train_text_encoder:
+        text_lora_config = add_text_encoder_lora(text_encoder, rank=rank, alpha=alpha, dropout=dropout,
+                                                 seed=settings.seed)
+        trainable.update({f"text_encoder.{name}": p for name, p in text_encoder.named_parameters()
+                          if p.requires_grad})
+        caption_encoder = make_caption_encoder(tokenizer=tokenizer, text_encoder=text_encoder, captions=distinct,
+                                               max_length=profile.max_length)
+    model = make_conditioned_unet(unet, projection, caption_encoder)
+    total = (sum(p.numel() for p in unet.parameters()) + (projection.weight.numel() if projection is not None else 0)
+             + (sum(p.numel() for p in text_encoder.parameters()) if train_text_encoder else 0))
     n_trainable = sum(p.numel() for p in trainable.values())
     log(f"trainable parameters: {n_trainable:,} of {total:,} ({100 * n_trainable / total:.3f} %)")
 
@@ -209,9 +243,11 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                         "trainable_parameters": n_trainable, "trainable_share": n_trainable / total,
                         "ema_decay": settings.ema_decay, "snr_gamma": settings.snr_gamma,
                         "processes": metrics["processes"]},
+            "train_text_encoder": train_text_encoder,
         }
         save_adapter(final, unet=accelerator.unwrap_model(model).unet, adapter_name=ADAPTER_NAME,
-                     lora_config=lora_config, card=card, projection=projection)
+                     lora_config=lora_config, card=card, projection=projection,
+                     text_encoder=text_encoder if train_text_encoder else None, text_encoder_lora_config=text_lora_config)
         log(f"adapter saved to {final}")
     accelerator.wait_for_everyone()
     return final

@@ -92,13 +92,16 @@ def lora(
     class_prompt: Annotated[Optional[str], typer.Option(help="prior preservation: class prompt")] = None,
     num_class_images: Annotated[int, typer.Option(help="prior preservation: class images from the base")] = 0,
     prior_loss_weight: Annotated[float, typer.Option(help="weight of the prior loss")] = 1.0,
+    train_text_encoder: Annotated[bool, typer.Option(
+        help="also train a LoRA on the text encoder's self-attention (query, key, value)")] = False,
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 100,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 100,
     resume: ResumeOpt = None,
     max_minutes: MinutesOpt = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
-    """LoRA on the U-Net attention (to_q, to_k, to_v, to_out.0) of a profile's generator; text encoder frozen."""
+    """LoRA on the U-Net attention (to_q, to_k, to_v, to_out.0) of a profile's generator; text encoder frozen
+    unless --train-text-encoder."""
     with _train_errors():
         from clinisynth.generation.profiles import resolve_profile
         from clinisynth.settings import Settings
@@ -115,7 +118,8 @@ def lora(
                 gradient_checkpointing=gradient_checkpointing, snr_gamma=snr_gamma, ema_decay=ema_decay,
                 prior_loss_weight=prior_loss_weight, validation_every=validation_every,
                 checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed),
-            class_prompt=class_prompt, num_class_images=num_class_images, knowledge=_knowledge_if_needed(data),
+            class_prompt=class_prompt, num_class_images=num_class_images, train_text_encoder=train_text_encoder,
+            knowledge=_knowledge_if_needed(data),
             log=typer.echo)
     typer.echo(str(path))
 
