@@ -151,7 +151,7 @@ def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
     import numpy as np
     from PIL import Image
 
-    from clinisynth.agents.verifier import Verdict, best_of, thumbnail_data_uri
+    from clinisynth.agents.verifier import best_of, thumbnail_data_uri
 
     services = runtime.context
     verifier = services.verifier

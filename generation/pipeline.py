@@ -206,8 +206,6 @@ class Generator:
         if scheduler is not None:
             canonical_scheduler_name(scheduler)  # fail before loading anything
         entries = _adapter_entries(adapters)
-        from diffusers import StableDiffusionPipeline
-        from transformers import AutoModel, AutoTokenizer
 
         tokenizer, text_encoder, pipeline, device, dtype = load_components(profile, device=device, dtype=dtype)
         projection = None

@@ -191,6 +191,54 @@ def test_min_snr_weights_and_ema():
     assert torch.allclose(parameter, torch.full((3,), 2.0))
 
 
+def test_caption_dropout_feeds_the_empty_prompt_to_the_loop(tmp_path):
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from clinisynth.training.engine import LoopSettings, TrainingData, make_conditioned_unet, run_training
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=4, norm_num_groups=8)
+    table = torch.randn(3, 5, 8)  # row 0: the empty prompt, rows 1-2: two captions
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, rows):
+            seen.extend(rows.tolist())
+            return table[rows]
+
+    latents = torch.randn(8, 4, 8, 8)
+    data = TrainingData(latent_mean=latents, latent_std=torch.zeros_like(latents),
+                        caption_index=torch.tensor([1, 2] * 4), caption_embeds=table, val_latent_mean=latents[:0],
+                        val_latent_std=latents[:0], val_caption_index=torch.zeros(0, dtype=torch.long),
+                        scaling_factor=1.0, empty_caption_row=0)
+
+    def train(dropout: float, out: str) -> list[int]:
+        seen.clear()
+        (tmp_path / out).mkdir()
+        settings = LoopSettings(output_dir=tmp_path / out, max_steps=6, batch_size=4, validation_every=0,
+                                caption_dropout=dropout, log_every=100)
+        run_training(settings=settings, model=make_conditioned_unet(unet, caption_encoder=Recorder()),
+                     trainable=dict(unet.named_parameters()), data=data,
+                     noise_scheduler=DDPMScheduler(num_train_timesteps=100), fingerprint="t", identity={},
+                     log=lambda _: None)
+        return list(seen)
+
+    assert 0 not in train(0.0, "plain")
+    with_dropout = train(0.5, "dropout")
+    assert 0 < with_dropout.count(0) < len(with_dropout) and {1, 2} & set(with_dropout)
+    with pytest.raises(ValueError, match="caption_dropout must be in"):
+        LoopSettings(output_dir=tmp_path, max_steps=1, caption_dropout=1.0).check()
+    with pytest.raises(ValueError, match="empty_caption_row"):
+        run_training(settings=LoopSettings(output_dir=tmp_path / "x", max_steps=1, caption_dropout=0.1),
+                     model=make_conditioned_unet(unet), trainable=dict(unet.named_parameters()),
+                     data=TrainingData(**{**data.__dict__, "empty_caption_row": None}),
+                     noise_scheduler=DDPMScheduler(num_train_timesteps=100), fingerprint="t", identity={})
+
+
 @pytest.mark.slow
 def test_projection_and_prior_preservation(tmp_path, cache_dir, dataset):
     """MiniLM (384) driving the tiny U-Net (32): a projection is trained, saved, and used at inference."""

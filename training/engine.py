@@ -50,6 +50,9 @@ class LoopSettings:
         log_every: steps between log lines.
         max_minutes: stop early (cleanly: validation, checkpoint, save) after this much wall time; ``None`` for no
             limit. For short runs on shared machines.
+        caption_dropout: share of training images whose caption is replaced by the empty prompt, so the model
+            also learns the unconditional prediction classifier-free guidance subtracts (0.1 is usual when
+            training from scratch; an adapter on a pretrained base can leave it at 0).
     """
 
     output_dir: Path
@@ -70,6 +73,7 @@ class LoopSettings:
     resume: str | None = None
     log_every: int = 10
     max_minutes: float | None = None
+    caption_dropout: float = 0.0
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
@@ -92,6 +96,8 @@ class LoopSettings:
             raise ValueError(f"ema_decay must be in (0, 1) (or None for no EMA), got {self.ema_decay!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if not (isinstance(self.caption_dropout, (int, float)) and 0 <= self.caption_dropout < 1):
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout!r}")
 
 
 @dataclass
@@ -105,6 +111,7 @@ class TrainingData:
         caption_embeds: ``(C, L, H)`` encoder output per distinct caption (from ``encode_text``).
         val_*: the same for held-out images (may be empty).
         prior_*: class images and their one caption for prior preservation (``None`` when off).
+        empty_caption_row: row of the empty prompt in ``caption_embeds`` (needed when ``caption_dropout`` > 0).
         scaling_factor: the VAE's latent scaling factor.
     """
 
@@ -119,6 +126,7 @@ class TrainingData:
     prior_latent_mean: Any = None
     prior_latent_std: Any = None
     prior_caption_index: Any = None
+    empty_caption_row: int | None = None
 
 
 class EMA:
@@ -306,6 +314,8 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
     from accelerate import Accelerator
 
     settings.check()
+    if settings.caption_dropout and data.empty_caption_row is None:
+        raise ValueError("caption_dropout needs the empty prompt among the encoded captions (TrainingData.empty_caption_row)")
     out = Path(settings.output_dir)
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=settings.mixed_precision,
@@ -390,7 +400,11 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
             index = torch.randint(0, count, (settings.batch_size,), generator=shard)
             index = index.to(device)
             latents = _sample_latents(latent_mean, latent_std, index, data.scaling_factor)
-            embeds = _conditioning(encodes, caption_embeds, caption_index[index])
+            rows = caption_index[index]
+            if settings.caption_dropout:
+                dropped = torch.rand(rows.shape, generator=shard) < settings.caption_dropout
+                rows = torch.where(dropped.to(device), torch.full_like(rows, data.empty_caption_row), rows)
+            embeds = _conditioning(encodes, caption_embeds, rows)
             if prior:
                 p_index = torch.randint(0, int(prior_mean.shape[0]), (settings.batch_size,)).to(device)
                 latents = torch.cat([latents, _sample_latents(prior_mean, prior_std, p_index, data.scaling_factor)])

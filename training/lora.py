@@ -177,8 +177,9 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                                      steps=class_image_steps or profile.default_steps, log=log)
         prior_mean, prior_std = encode_latents(vae, prior_images)
         all_captions += [class_prompt]
-    index, embeds, distinct = encode_captions(tokenizer=tokenizer, text_encoder=text_encoder, captions=all_captions,
-                                              max_length=profile.max_length)
+    index, embeds, distinct = encode_captions(tokenizer=tokenizer, text_encoder=text_encoder,
+                                              captions=all_captions + [""], max_length=profile.max_length)
+    index = index[:-1]  # the empty prompt is encoded for caption dropout only
     n_train, n_val = len(train_records), len(val_records)
     data = TrainingData(
         latent_mean=mean, latent_std=std, caption_index=index[:n_train], caption_embeds=embeds,
@@ -186,6 +187,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
         scaling_factor=float(vae.config.scaling_factor),
         prior_latent_mean=prior_mean, prior_latent_std=prior_std,
         prior_caption_index=(index[-1:].repeat(prior_mean.shape[0]) if prior_mean is not None else None),
+        empty_caption_row=distinct.index(""),
     )
 
     lora_config = add_lora(unet, rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,

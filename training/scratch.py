@@ -81,7 +81,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     from clinisynth.training.captions import captions_for, label_prompts
 
     out = Path(output_dir)
-    settings = LoopSettings(output_dir=out, **(settings_overrides or {}))
+    # From scratch the model must learn the unconditional prediction too, or guidance has nothing to subtract.
+    settings = LoopSettings(output_dir=out, **{"caption_dropout": 0.1, **(settings_overrides or {})})
     settings.check()
     records = read_manifest(dataset_dir, labels=labels, limit=limit)
     modalities = sorted({r.modality.removeprefix("modality.") for r in records})
@@ -117,12 +118,12 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     val_mean, val_std = (encode_latents(vae, load_images(val_records, resolution=resolution)) if val_records
                          else (mean[:0], std[:0]))
     all_captions = [caption_of[r.path] for r in train_records + val_records]
-    index, embeds, distinct = encode_captions(tokenizer=tokenizer, text_encoder=encoder, captions=all_captions,
-                                              max_length=max_length)
+    index, embeds, distinct = encode_captions(tokenizer=tokenizer, text_encoder=encoder,
+                                              captions=all_captions + [""], max_length=max_length)
     data = TrainingData(latent_mean=mean, latent_std=std, caption_index=index[:len(train_records)],
                         caption_embeds=embeds, val_latent_mean=val_mean, val_latent_std=val_std,
-                        val_caption_index=index[len(train_records):],
-                        scaling_factor=float(vae.config.scaling_factor))
+                        val_caption_index=index[len(train_records):-1],
+                        scaling_factor=float(vae.config.scaling_factor), empty_caption_row=distinct.index(""))
 
     torch.manual_seed(settings.seed)
     unet = UNet2DConditionModel(**unet_config)

@@ -89,6 +89,8 @@ def lora(
     gradient_checkpointing: Annotated[bool, typer.Option(help="save memory in the U-Net")] = False,
     snr_gamma: Annotated[float, typer.Option(help="min-SNR-gamma weighting; 0 for plain MSE")] = 5.0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the LoRA weights, e.g. 0.999")] = None,
+    caption_dropout: Annotated[float, typer.Option(
+        help="share of captions replaced by the empty prompt (trains the unconditional branch of guidance)")] = 0.0,
     class_prompt: Annotated[Optional[str], typer.Option(help="prior preservation: class prompt")] = None,
     num_class_images: Annotated[int, typer.Option(help="prior preservation: class images from the base")] = 0,
     prior_loss_weight: Annotated[float, typer.Option(help="weight of the prior loss")] = 1.0,
@@ -116,6 +118,7 @@ def lora(
                 max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                 gradient_accumulation_steps=gradient_accumulation, mixed_precision=mixed_precision,
                 gradient_checkpointing=gradient_checkpointing, snr_gamma=snr_gamma, ema_decay=ema_decay,
+                caption_dropout=caption_dropout,
                 prior_loss_weight=prior_loss_weight, validation_every=validation_every,
                 checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed),
             class_prompt=class_prompt, num_class_images=num_class_images, train_text_encoder=train_text_encoder,
@@ -140,6 +143,8 @@ def scratch(
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16")] = "no",
     snr_gamma: Annotated[float, typer.Option(help="min-SNR-gamma weighting; 0 for plain MSE")] = 5.0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the U-Net weights, e.g. 0.99")] = 0.99,
+    caption_dropout: Annotated[float, typer.Option(
+        help="share of captions replaced by the empty prompt (trains the unconditional branch of guidance)")] = 0.1,
     max_length: Annotated[int, typer.Option(help="caption token length (kept for inference)")] = 64,
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 200,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
@@ -163,7 +168,8 @@ def scratch(
             data_attribution=data_attribution,
             settings_overrides=_loop_settings(
                 max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, mixed_precision=mixed_precision,
-                snr_gamma=snr_gamma, ema_decay=ema_decay, validation_every=validation_every,
+                snr_gamma=snr_gamma, ema_decay=ema_decay, caption_dropout=caption_dropout,
+                validation_every=validation_every,
                 checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed),
             log=typer.echo)
     typer.echo(str(path))
