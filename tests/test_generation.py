@@ -275,6 +275,19 @@ def test_missing_demo_generator_is_a_clear_error(tmp_path, monkeypatch):
         Generator.from_profile(profile, device="cpu")
 
 
+def test_demo_profile_prefers_the_shipped_generator(tmp_path, monkeypatch):
+    import clinisynth.models
+
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(clinisynth.models, "DEMO_GENERATOR_DIR", shipped)
+    assert resolve_profile("demo", cache_dir=tmp_path).generator == str(tmp_path / "models" / "demo-generator")
+    shipped.mkdir()
+    (shipped / "model_index.json").write_text("{}")
+    assert resolve_profile("demo", cache_dir=tmp_path).generator == str(shipped)
+    # An explicit setting still wins.
+    assert resolve_profile("demo", cache_dir=tmp_path, overrides={"demo_generator": "/x"}).generator == "/x"
+
+
 def test_missing_full_weights_offline_are_clear_errors(tmp_path, cache_dir):
     import huggingface_hub.constants
 
