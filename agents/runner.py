@@ -141,8 +141,31 @@ def run_generation(
     finally:
         connection.close()
     trace.update(_state_trace(state))
+    if state.attempts:
+        trace["contact_sheet"] = _attempt_sheet(run_dir, state.attempts).name
     trace_path = storage.write_trace(run_id, trace)
     return RunResult(run_id=run_id, status=state.status, stored=list(state.stored), trace_path=trace_path, trace=trace)
+
+
+#: Attempts shown on a run's contact sheet (the trace keeps every one).
+SHEET_LIMIT = 64
+_SHORT_VERDICT = {"accepted": "ok", "passed_not_chosen": "spare"}
+
+
+def _attempt_sheet(run_dir: Path, attempts: list[dict]) -> Path:
+    """``runs/<id>/attempts.png``: the candidates for a reviewer, each labelled slot.round and verdict or failure."""
+    from PIL import Image
+
+    from clinisynth.training.plots import contact_sheet
+
+    shown = attempts[:SHEET_LIMIT]
+    images, labels = [], []
+    for attempt in shown:
+        with Image.open(run_dir / attempt["path"]) as image:
+            images.append(image.convert("RGB").resize((96, 96)))
+        verdict = _SHORT_VERDICT.get(attempt["verdict"], attempt.get("failure") or attempt["verdict"])
+        labels.append(f"{attempt['slot']}.{attempt['round']} {verdict}")
+    return contact_sheet(run_dir / "attempts.png", images, columns=min(8, len(images)), labels=labels)
 
 
 def _state_trace(state: GraphState) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 from _graph_helpers import REQUEST, ScriptedGenerator, structured
+from PIL import Image
 
 from clinisynth.agents.runner import run_generation
 from clinisynth.agents.verifier import Verifier
@@ -111,6 +112,9 @@ def test_never_passing_slots_are_not_stored_and_every_attempt_has_a_thumbnail(pl
     assert [a["guidance"] for a in attempts] == [5.0, 6.5, 8.0]
     assert all(a["thumbnail"].startswith("data:image/png;base64,") for a in attempts)
     assert result.trace["summary"]["rejected_by_failure"] == {"finding": 3}
+    sheet = tmp_path / "out" / "runs" / result.run_id / result.trace["contact_sheet"]
+    with Image.open(sheet) as image:
+        assert image.size == (3 * 96, 96 + 12)  # one labelled tile per attempt
     assert not (tmp_path / "out" / "metadata.jsonl").exists()
 
 
