@@ -35,6 +35,7 @@ descriptors, and their visual descriptions follow the findings' ones.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -236,3 +237,65 @@ def caption_for_label(*, knowledge: KnowledgeBase, modality_id: str, label: str)
         end=len(record.term),
     )
     return build_prompt(knowledge=knowledge, modality_id=modality_id, findings=[finding], normal_study=False).prompt
+
+
+def caption_variants_for_label(*, knowledge: KnowledgeBase, modality_id: str, label: str,
+                               max_variants: int = 64) -> list[str]:
+    """Captions of one class in the wordings a request can bring: technique, side, severity, location.
+
+    Training on a single caption per class teaches a generator one embedding per class; a request
+    ("right lower lobe pneumonia, PA chest radiograph") then arrives out of distribution. These variants are
+    built by :func:`build_prompt`, like every inference prompt, so the words a plan adds are seen in training.
+    The images of a class do not differ by these words, so the generator learns to draw the class whatever
+    they say (a class-level model cannot draw a side it was never shown).
+
+    Args:
+        knowledge: the reference records.
+        modality_id: modality record id (``modality.chest_xray``).
+        label: the class label.
+        max_variants: at most this many captions (a fixed, evenly spread subset of all combinations).
+
+    Returns:
+        Distinct captions, :func:`caption_for_label`'s first.
+
+    Raises:
+        ValueError: as :func:`caption_for_label`, or ``max_variants`` below 1.
+    """
+    if max_variants < 1:
+        raise ValueError(f"max_variants must be at least 1, got {max_variants}")
+    base = caption_for_label(knowledge=knowledge, modality_id=modality_id, label=label)
+    techniques = [None] + [Concept(id=r.id, term=r.term) for r in knowledge.of_kind("technique")
+                           if modality_id in r.modalities]
+    normal = knowledge.normal_finding_for(modality_id)
+    captions = [base]
+    if label == NORMAL_LABEL or (normal is not None and label == normal.label):
+        for technique in techniques[1:]:
+            captions.append(build_prompt(knowledge=knowledge, modality_id=modality_id, findings=[],
+                                         normal_study=True, technique=[technique]).prompt)
+        return _unique(captions)[:max_variants]
+
+    candidates = _records_for_label(knowledge, modality_id, label)
+    record = next((r for r in candidates if r.id.split(".", 1)[1] == label), candidates[0])
+    sides = [None, "left", "right", "bilateral"] if record.lateralized else [None]
+    severities = [None, *sorted(record.severity)]
+    typical = [knowledge.by_id[i] for i in record.locations if i in knowledge.by_id]
+    # Sided forms of the typical places ("right lower lobe" for "lower lobes") carry their own side.
+    place_words = {word.lower() for place in typical for word in (place.term, *place.synonyms)}
+    sided = [a for a in knowledge.of_kind("anatomy")
+             if a.side and a.term.lower().removeprefix(f"{a.side} ") in place_words]
+    locations = [None, *typical, *sided]
+    combos = []
+    for technique in techniques:
+        for location in locations:
+            for side in ([location.side] if location is not None and location.side else sides):
+                for severity in severities:
+                    combos.append((technique, location, side, severity))
+    # A fixed-seed sample: reproducible, and (unlike a stride through nested loops) every factor varies.
+    chosen = random.Random(0).sample(combos, min(len(combos), max_variants - 1))
+    for technique, location, side, severity in chosen:
+        finding = Finding(id=record.id, term=record.term, label=label, status="present", laterality=side,
+                          severity=severity, evidence=record.term, start=0, end=len(record.term),
+                          location=[Concept(id=location.id, term=location.term)] if location is not None else [])
+        captions.append(build_prompt(knowledge=knowledge, modality_id=modality_id, findings=[finding],
+                                     normal_study=False, technique=[technique] if technique else []).prompt)
+    return _unique(captions)[:max_variants]

@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The wiring is tested on the tiny profile (fast, any modality); tests of the shipped demo generator name it.
+os.environ.setdefault("CLINISYNTH_PROFILE", "tiny")
 
 from pathlib import Path  # noqa: E402
 

@@ -171,6 +171,21 @@ def test_captions_fall_back_to_the_reasoning_prompt_for_rows_without_text(tmp_pa
     assert captions[0] != captions[1] and all(captions)
 
 
+def test_varied_captions_draw_each_image_one_stable_variant_of_its_class(tmp_path, knowledge):
+    from clinisynth.agents.prompting import caption_variants_for_label
+    from clinisynth.training.captions import varied_captions
+
+    records = read_manifest(make_dataset(tmp_path / "varied", per_label=12, size=16))
+    captions = varied_captions(records, knowledge=knowledge, max_variants=8)
+    assert captions == varied_captions(records, knowledge=knowledge, max_variants=8)  # reproducible
+    for label in ("normal", "pneumonia"):
+        allowed = caption_variants_for_label(knowledge=knowledge, modality_id="modality.chest_xray", label=label,
+                                             max_variants=8)
+        used = {c for r, c in zip(records, captions) if r.label == label}
+        assert used <= set(allowed) and len(used) >= 3  # 12 images spread over the variants
+        assert all(r.text not in used or r.text == allowed[0] for r in records if r.label == label)
+
+
 def test_min_snr_weights_and_ema():
     import torch
 

@@ -66,3 +66,35 @@ def test_absent_findings_only_in_negative_prompt(knowledge):
     assert bundle.negative_prompt.startswith(knowledge.get("modality.chest_xray").negative_prompt)
     assert bundle.negative_prompt.endswith("pneumothorax")
     assert bundle.label == _label_of(knowledge, "finding.pleural_effusion")
+
+
+def test_caption_variants_cover_the_words_a_plan_adds(knowledge):
+    from clinisynth.agents.prompting import caption_for_label, caption_variants_for_label
+    from clinisynth.api import plan
+
+    variants = caption_variants_for_label(knowledge=knowledge, modality_id="modality.chest_xray", label="pneumonia")
+    assert variants[0] == caption_for_label(knowledge=knowledge, modality_id="modality.chest_xray", label="pneumonia")
+    assert len(variants) == len(set(variants)) and 16 <= len(variants) <= 64
+    heads = [v.split(". ")[0] for v in variants]
+    for words in ("left pneumonia", "right pneumonia", "bilateral pneumonia", "PA projection", "AP projection",
+                  "in the right lower lobe", "severe", "mild"):
+        assert any(words in head for head in heads), words
+    # The plan of a typical request words its prompt the way one of the variants does.
+    asked = plan("right lower lobe pneumonia, PA chest radiograph").prompt
+    closest = max(variants, key=lambda v: len(set(v.split()) & set(asked.split())) / len(set(v.split()) | set(asked.split())))
+    assert set(asked.split()) - set(closest.split()) <= {"PA", "projection,"}
+    assert all(v.endswith(variants[0].split(". ", 1)[1]) for v in variants)  # same visual description
+
+
+def test_caption_variants_of_a_normal_study_vary_the_technique_only(knowledge):
+    from clinisynth.agents.prompting import caption_variants_for_label
+
+    variants = caption_variants_for_label(knowledge=knowledge, modality_id="modality.chest_xray", label="normal")
+    techniques = [r for r in knowledge.of_kind("technique") if "modality.chest_xray" in r.modalities]
+    assert len(variants) == 1 + len(techniques)
+    assert all("normal study, no abnormality" in v for v in variants)
+    assert caption_variants_for_label(knowledge=knowledge, modality_id="modality.chest_xray", label="pneumonia",
+                                      max_variants=5).__len__() == 5
+    with pytest.raises(ValueError, match="max_variants must be at least 1, got 0"):
+        caption_variants_for_label(knowledge=knowledge, modality_id="modality.chest_xray", label="normal",
+                                   max_variants=0)

@@ -47,3 +47,31 @@ def label_prompts(records, caption_of) -> dict[str, str]:
     for record in records:
         by_label.setdefault(record.label, Counter())[caption_of[record.path]] += 1
     return {label: counts.most_common(1)[0][0] for label, counts in sorted(by_label.items())}
+
+
+def varied_captions(records: list[ManifestRecord], *, knowledge, max_variants: int) -> list[str]:
+    """One caption per record, drawn from its class's wording variants (``caption_variants_for_label``).
+
+    Each image keeps one variant, chosen from a hash of its path, so a run is reproducible and every variant of
+    a class is used about equally.
+
+    Args:
+        records: manifest rows (their modality and label pick the variants; their own text is not used).
+        knowledge: a ``clinisynth.knowledge.KnowledgeBase``.
+        max_variants: variants per class, at most.
+    """
+    import hashlib
+
+    from clinisynth.agents.prompting import caption_variants_for_label
+
+    variants: dict[tuple[str, str], list[str]] = {}
+    captions = []
+    for record in records:
+        key = (record.modality, record.label)
+        if key not in variants:
+            variants[key] = caption_variants_for_label(knowledge=knowledge, modality_id=record.modality,
+                                                       label=record.label, max_variants=max_variants)
+        choices = variants[key]
+        digest = int.from_bytes(hashlib.sha256(str(record.path).encode()).digest()[:8], "big")
+        captions.append(choices[digest % len(choices)])
+    return captions

@@ -51,7 +51,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                   pipeline_dir: Path | None = None, settings_overrides: dict | None = None,
                   channels: tuple[int, ...] = (32, 64, 64), max_length: int = 64, validation_fraction: float = 0.05,
                   labels: list[str] | None = None, limit: int | None = None, knowledge=None,
-                  data_attribution: str = "", num_sample_seeds: int = 4, sample_steps: int = 25,
+                  caption_variants: int = 0, data_attribution: str = "", num_sample_seeds: int = 4, sample_steps: int = 25,
                   guidance: float = 3.0, log: Callable[[str], None] = print) -> Path:
     """Train a small U-Net from scratch and save a ``StableDiffusionPipeline`` folder; return its path.
 
@@ -66,7 +66,10 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         max_length: token length of captions, used again at inference (written to the card).
         validation_fraction: held-out share per label.
         labels, limit: manifest subset.
-        knowledge: knowledge base for rows without caption text.
+        knowledge: knowledge base for rows without caption text (and for ``caption_variants``).
+        caption_variants: when above 0, each image is captioned with one of up to this many wordings of its class
+            (technique, side, severity, location; :func:`clinisynth.training.captions.varied_captions`) instead of
+            the manifest text, so the prompts a plan writes are in the training distribution.
         data_attribution: licence / citation line for the card (CC BY data needs it).
         num_sample_seeds: validation images per label.
         sample_steps, guidance: how validation images are sampled.
@@ -78,7 +81,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
 
     from clinisynth.generation.pipeline import Generator
     from clinisynth.generation.profiles import ModelProfile
-    from clinisynth.training.captions import captions_for, label_prompts
+    from clinisynth.agents.prompting import caption_for_label
+    from clinisynth.training.captions import captions_for, label_prompts, varied_captions
 
     out = Path(output_dir)
     # From scratch the model must learn the unconditional prediction too, or guidance has nothing to subtract.
@@ -90,7 +94,12 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         raise ValueError(f"a scratch generator is trained on one modality; the selection has {modalities}: "
                          "prepare or select one")
     modality = modalities[0]
-    captions = captions_for(records, knowledge=knowledge)
+    if caption_variants:
+        if knowledge is None:
+            raise ValueError("caption_variants needs the knowledge base (knowledge=clinisynth.knowledge.load_knowledge())")
+        captions = varied_captions(records, knowledge=knowledge, max_variants=caption_variants)
+    else:
+        captions = captions_for(records, knowledge=knowledge)
     caption_of = {r.path: c for r, c in zip(records, captions)}
     train_records, val_records = split_records(records, validation_fraction=validation_fraction,
                                                seed=settings.seed)
@@ -106,7 +115,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                                     cross_attention_dim=int(encoder.config.hidden_size), channels=channels)
     identity = {"kind": "scratch", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
                 "vae": str(vae_dir.resolve()), "text_encoder": str(text_encoder), "unet": unet_config,
-                "max_length": max_length, "seed": settings.seed, "labels": labels}
+                "max_length": max_length, "seed": settings.seed, "labels": labels,
+                "caption_variants": caption_variants}
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)
     if checkpoint is not None:
@@ -132,6 +142,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     log(f"U-Net {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M parameters, all trained")
 
     sample_prompts = label_prompts(train_records, caption_of)
+    if caption_variants:  # validation images use each class's plain caption, not a random variant
+        sample_prompts = {label: caption_for_label(knowledge=knowledge, modality_id=next(
+            r.modality for r in train_records if r.label == label), label=label) for label in sample_prompts}
     profile = ModelProfile(name="scratch-validation", text_encoder=str(text_encoder), generator=str(out),
                            resolution=resolution, default_steps=sample_steps, default_guidance=guidance,
                            description="validation sampler", max_length=max_length)
@@ -168,7 +181,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
             "kind": "scratch", "modality": modality, "text_encoder": str(text_encoder), "text_encoder_hidden_size":
             int(encoder.config.hidden_size), "max_length": max_length, "resolution": resolution,
             "default_steps": sample_steps, "default_guidance": guidance, "labels": sorted(sample_prompts),
-            "prompts": sample_prompts, "data": {"dataset": str(Path(dataset_dir).resolve()),
+            "prompts": sample_prompts, "caption_variants": caption_variants, "data": {"dataset": str(Path(dataset_dir).resolve()),
                                                 "train_images": len(train_records),
                                                 "validation_images": len(val_records),
                                                 "attribution": data_attribution},

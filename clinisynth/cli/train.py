@@ -48,6 +48,16 @@ def _labels(value: Optional[str]) -> Optional[list[str]]:
     return [x.strip() for x in value.split(",") if x.strip()] if value else None
 
 
+def _channels(value: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise ValueError(f"--channels must be comma-separated integers such as 32,64,64, got {value!r}") from None
+    if len(widths) < 2 or any(w < 16 or w % 16 for w in widths):
+        raise ValueError(f"--channels needs at least two widths, each a multiple of 16 (the group norm), got {value!r}")
+    return widths
+
+
 def _knowledge_if_needed(dataset: Path):
     """The knowledge base, loaded only when some manifest row has no caption text."""
     import csv
@@ -146,6 +156,10 @@ def scratch(
     caption_dropout: Annotated[float, typer.Option(
         help="share of captions replaced by the empty prompt (trains the unconditional branch of guidance)")] = 0.1,
     max_length: Annotated[int, typer.Option(help="caption token length (kept for inference)")] = 64,
+    channels: Annotated[str, typer.Option(help="U-Net block widths, comma-separated (multiples of 16)")] = "32,64,64",
+    caption_variants: Annotated[int, typer.Option(
+        help="caption each image with one of up to N wordings of its class (technique, side, severity, "
+             "location) instead of the manifest text; 0: the manifest text")] = 0,
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 200,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
     data_attribution: Annotated[str, typer.Option(help="dataset licence / citation for the model card")] = "",
@@ -156,6 +170,7 @@ def scratch(
     """A small text-conditioned U-Net from scratch in a small VAE's latent space, saved as an SD pipeline."""
     with _train_errors():
         from clinisynth.generation.profiles import packaged_minilm_dir
+        from clinisynth.knowledge import load_knowledge
         from clinisynth.settings import Settings
         from clinisynth.training.scratch import train_scratch
 
@@ -164,7 +179,9 @@ def scratch(
             dataset_dir=data, output_dir=output, vae_dir=vae,
             text_encoder=text_encoder or str(packaged_minilm_dir()),
             pipeline_dir=pipeline_dir or settings.cache_dir / "models" / "demo-generator",
-            labels=_labels(labels), limit=limit, max_length=max_length, knowledge=_knowledge_if_needed(data),
+            labels=_labels(labels), limit=limit, max_length=max_length, channels=_channels(channels),
+            caption_variants=caption_variants,
+            knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
             data_attribution=data_attribution,
             settings_overrides=_loop_settings(
                 max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, mixed_precision=mixed_precision,
