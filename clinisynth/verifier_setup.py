@@ -82,6 +82,21 @@ def build_run_verifier(*, settings: Settings, profile, device: str = "cpu",
         verifier.unavailable["classifier"] = ("not applied to the tiny profile: its generator has random weights "
                                               "(use --profile demo or full for class-checked images)")
     if not images:
-        verifier.unavailable["memorisation"] = ("no training images known for this generator; set memorisation_data "
-                                                "(env CLINISYNTH_MEMORISATION_DATA='{\"chest_xray\": \"DIR\"}')")
+        verifier.unavailable["memorisation"] = _no_training_images_reason(profile)
     return verifier
+
+
+def _no_training_images_reason(profile) -> str:
+    """Why the memorisation index is missing, and how to give it the generator's training images."""
+    from clinisynth.generation.profiles import generator_record
+
+    how = ("set memorisation_data to a prepared copy of them (env CLINISYNTH_MEMORISATION_DATA="
+           "'{\"chest_xray\": \"DIR\"}', DIR from `clinisynth prepare`)")
+    data = {} if profile.name == "tiny" else (generator_record(profile.generator).get("data") or {})
+    if data.get("dataset"):
+        options = data.get("prepared_with")
+        prepared = (" with " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+                    if isinstance(options, dict) else "")
+        return (f"the generator's training images are not at {data['dataset']} on this machine; {how}"
+                + (f"; they were prepared{prepared}" if prepared else ""))
+    return f"no training images known for this generator; {how}"

