@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     knowledge_dir: Path | None = Field(default=None, description="knowledge YAML folder; the packaged one when unset")
     embedder: str = Field(default=PACKAGED_MINILM, description="sentence-transformers model id or local dir")
     retrieval_threshold: float = Field(default=DEFAULT_RETRIEVAL_THRESHOLD, ge=0.0, le=1.0, description="cosine similarity to accept a match")
-    profile: str = Field(default="tiny", description="model profile: tiny, demo or full")
+    profile: str = Field(default="demo", description="model profile: tiny, demo or full")
     demo_generator: Path | None = Field(default=None, description="directory of the demo generator pipeline")
     full_generator: str | None = Field(default=None, description="hub id or dir of the SD 1.x/2.x pipeline (full)")
     full_text_encoder: str | None = Field(default=None, description="hub id or dir of the BERT-family encoder (full)")
