@@ -253,7 +253,7 @@ def caption_variants_for_label(*, knowledge: KnowledgeBase, modality_id: str, la
         knowledge: the reference records.
         modality_id: modality record id (``modality.chest_xray``).
         label: the class label.
-        max_variants: at most this many captions (a fixed, evenly spread subset of all combinations).
+        max_variants: at most this many captions (the plain caption and a fixed-seed sample of the combinations).
 
     Returns:
         Distinct captions, :func:`caption_for_label`'s first.

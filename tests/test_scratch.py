@@ -118,3 +118,19 @@ def test_a_scratch_generator_refuses_what_it_was_not_trained_on(built, tmp_path)
             generate(request, out=out, n=1, profile="demo", settings=settings)
         assert asked in str(caught.value) and "chest_xray (normal, pneumonia) only" in str(caught.value)
     assert not out.exists()
+
+
+def test_cli_refuses_bad_channels_and_caption_variants_before_writing(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from clinisynth.cli.main import app
+
+    run = tmp_path / "run"
+    common = ["train", "scratch", "--data", str(built["dataset"]), "--output", str(run), "--vae", str(built["vae"])]
+    for extra, expected in ((["--channels", "24,48"], "each a multiple of 16"),
+                            (["--channels", "32,wide"], "comma-separated integers"),
+                            (["--caption-variants", "-1"], "caption_variants must be 0")):
+        result = CliRunner().invoke(app, common + extra)
+        assert result.exit_code == 2, result.output
+        assert expected in result.output and "error:" in result.output
+    assert not run.exists()

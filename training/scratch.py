@@ -98,6 +98,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         raise ValueError(f"a scratch generator is trained on one modality; the selection has {modalities}: "
                          "prepare or select one")
     modality = modalities[0]
+    if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
+        raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
+                         f"got {caption_variants!r}")
     if caption_variants:
         if knowledge is None:
             raise ValueError("caption_variants needs the knowledge base (knowledge=clinisynth.knowledge.load_knowledge())")
