@@ -88,6 +88,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     from clinisynth.agents.prompting import caption_for_label
     from clinisynth.training.captions import captions_for, label_prompts, varied_captions
 
+    if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
+        raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
+                         f"got {caption_variants!r}")
     out = Path(output_dir)
     # From scratch the model must learn the unconditional prediction too, or guidance has nothing to subtract.
     settings = LoopSettings(output_dir=out, **{"caption_dropout": 0.1, **(settings_overrides or {})})
@@ -98,9 +101,6 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         raise ValueError(f"a scratch generator is trained on one modality; the selection has {modalities}: "
                          "prepare or select one")
     modality = modalities[0]
-    if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
-        raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
-                         f"got {caption_variants!r}")
     if caption_variants:
         if knowledge is None:
             raise ValueError("caption_variants needs the knowledge base (knowledge=clinisynth.knowledge.load_knowledge())")
@@ -186,14 +186,12 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         build_pipeline().save_pretrained(str(staging), safe_serialization=True)
         record = {
             "kind": "scratch", "modality": modality, "text_encoder": _portable_name(text_encoder),
-            "text_encoder_hidden_size":
-            int(encoder.config.hidden_size), "max_length": max_length, "resolution": resolution,
-            "default_steps": sample_steps, "default_guidance": guidance, "labels": sorted(sample_prompts),
-            "prompts": sample_prompts, "caption_variants": caption_variants, "data": {"dataset": str(Path(dataset_dir).resolve()),
-                                                "train_images": len(train_records),
-                                                "validation_images": len(val_records),
-                                                "prepared_with": _prepare_options(dataset_dir),
-                                                "attribution": data_attribution},
+            "text_encoder_hidden_size": int(encoder.config.hidden_size), "max_length": max_length,
+            "resolution": resolution, "default_steps": sample_steps, "default_guidance": guidance,
+            "labels": sorted(sample_prompts), "prompts": sample_prompts, "caption_variants": caption_variants,
+            "data": {"dataset": str(Path(dataset_dir).resolve()), "train_images": len(train_records),
+                     "validation_images": len(val_records), "prepared_with": _prepare_options(dataset_dir),
+                     "attribution": data_attribution},
             "metrics": {k: metrics[k] for k in ("steps", "seconds", "final_train_loss", "final_validation_loss")},
             "unet_parameters": sum(p.numel() for p in unet.parameters()),
         }
