@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,9 +39,26 @@ class RunResult:
     trace: dict[str, Any]
 
 
+_run_clock_lock = threading.Lock()
+_last_run_micros = 0  # the time (microseconds since the epoch) in the last id this process handed out
+
+
 def new_run_id() -> str:
-    """Sortable and unique across processes: UTC time plus random hex."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    """An id that sorts, as a string, in the order ids were made: ``20261121T101530.123456Z-1a2b3c4d``.
+
+    UTC time to the microsecond, made strictly increasing within the process (two ids in one microsecond,
+    or a clock stepped back, take the last time plus 1 µs: the per-process counter), then random hex so
+    that ids from different processes never collide. Runs of one process therefore list in creation order
+    whatever the clock's resolution; runs of two processes in the same microsecond come in either order.
+    """
+    global _last_run_micros
+    with _run_clock_lock:
+        now = time.time_ns() // 1000
+        _last_run_micros = now if now > _last_run_micros else _last_run_micros + 1
+        stamp = _last_run_micros
+    seconds, micros = divmod(stamp, 1_000_000)
+    when = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{when}.{micros:06d}Z-{secrets.token_hex(4)}"
 
 
 #: Most best-of-N candidates per slot and round (seeds stay distinct up to this many, see nodes.attempt_seed).
@@ -117,7 +136,7 @@ def run_generation(
     trace: dict[str, Any] = {
         "format": TRACE_FORMAT,
         "run_id": run_id,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "request": request,
         "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
                        "max_rounds": max_rounds, "best_of": best_of, "profile": profile},

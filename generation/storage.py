@@ -390,7 +390,8 @@ class OrderedStorage:
             raise StorageError(f"trace {path} is not valid JSON: {error}") from error
 
     def list_runs(self) -> list[dict]:
-        """One summary per run with a trace, oldest first.
+        """One summary per run with a trace, in run-id order: creation order for generated ids
+        (``agents.runner.new_run_id``), never the files' times, which a rewritten trace changes.
 
         Each summary has ``run_id``, ``path``, ``modified`` (ISO time), ``n_events`` and ``n_stored`` when the
         trace has ``events`` / ``stored`` lists, the keys of :data:`TRACE_SUMMARY_KEYS` the trace has, and
@@ -420,5 +421,5 @@ class OrderedStorage:
                     for key in ("events", "stored"):
                         if isinstance(trace.get(key), list):
                             summary[f"n_{key}"] = len(trace[key])
-            summaries.append((modified, entry.name, summary))
-        return [summary for _, _, summary in sorted(summaries, key=lambda item: (item[0], item[1]))]
+            summaries.append(summary)
+        return sorted(summaries, key=lambda summary: summary["run_id"])

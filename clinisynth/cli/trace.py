@@ -18,7 +18,8 @@ def _traces(directory: Path) -> list[tuple[Path, dict]]:
     if not directory.is_dir():
         fail(f"{directory} is not a directory; give the output dir of a 'clinisynth generate' run")
     found = []
-    for path in sorted(runs.glob("*/trace.json")):
+    # Generated run ids sort in creation order (agents.runner.new_run_id): list oldest first by id.
+    for path in sorted(runs.glob("*/trace.json"), key=lambda path: path.parent.name):
         try:
             found.append((path, json.loads(path.read_text(encoding="utf-8"))))
         except (OSError, json.JSONDecodeError) as error:
@@ -33,11 +34,11 @@ def list_runs(directory: Annotated[Path, typer.Argument(help="output dir of gene
     if not traces:
         typer.echo(f"no runs in {directory / 'runs'}")
         return
-    typer.echo(f"{'run id':26s}  {'created':25s}  {'status':8s}  {'stored':>7s}  {'rejected':>8s}  request")
+    typer.echo(f"{'run id':32s}  {'created':29s}  {'status':8s}  {'stored':>7s}  {'rejected':>8s}  request")
     for _, trace in traces:
         summary = trace.get("summary", {})
         stored = f"{summary.get('stored', 0)}/{summary.get('requested', '?')}"
-        typer.echo(f"{trace['run_id']:26s}  {trace.get('created_at', ''):25s}  {trace.get('status', '?'):8s}  "
+        typer.echo(f"{trace['run_id']:32s}  {trace.get('created_at', ''):29s}  {trace.get('status', '?'):8s}  "
                    f"{stored:>7s}  {summary.get('rejected', 0):>8}  {trace.get('request', '')[:70]}")
 
 
