@@ -821,17 +821,33 @@ def _prefer_longest_items(items: list[_Item]) -> list[_Item]:
 
 
 def _scope_restarted(doc, cue_end: int, target_start: int, finding_spans) -> bool:
-    """A forward cue stops at a new positive statement after an earlier finding ("no A, large B")."""
+    """A forward cue stops at a new positive statement after an earlier finding ("no A, large B").
+
+    A size or side word inside a denied list is not a new statement: when the list goes on to an
+    "or" / "nor" / "/" after that word ("no consolidation, large effusion, or pneumothorax"), the
+    cue covers every item, and two items set side by side with no separator ("no pneumothorax
+    large effusion") are one list too.
+    """
+    sentence_end = doc[target_start].sent.end
+
+    def list_continues(after: int) -> bool:
+        return any(t.lower_ in ("or", "nor", "/") or t.text == "/" for t in doc[after:sentence_end])
+
     window = doc[cue_end:target_start]
     for token in window:
         if token.text in (",", ";") and token.i + 1 < len(doc) and doc[token.i + 1].lower_ in _LIST_RESTART:
+            if token.text == "," and list_continues(token.i + 2):
+                continue
             return True
     for start, end in finding_spans:
         if cue_end <= start and end <= target_start:
             window = [t.lower_ for t in doc[end:target_start]]
-            if any(w in ("or", "nor") for w in window):
+            if any(w in ("or", "nor", "/") for w in window):
                 continue
-            if any(w in vocab.RESTART_WORDS for w in window):
+            if all(w in vocab.RESTART_WORDS for w in window):
+                continue  # "no pneumothorax large effusion": items set side by side, one list
+            restart = next((i for i, w in enumerate(window) if w in vocab.RESTART_WORDS), None)
+            if restart is not None and not ("," in window[:restart] and list_continues(end + restart + 1)):
                 return True
     return False
 

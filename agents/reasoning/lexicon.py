@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spacy.lang.en.stop_words import STOP_WORDS
+
 from clinisynth.agents.reasoning import vocab
 from clinisynth.knowledge import KnowledgeBase
 
@@ -79,7 +81,7 @@ class Lexicon:
                 add_orth(key, abbreviation)
                 if abbreviation.upper() != abbreviation.lower():
                     add_orth(key, abbreviation.upper())
-                if len(abbreviation) > 2 and abbreviation.lower() not in _WORD_LIKE:
+                if len(abbreviation) > 2 and abbreviation.lower() not in _WORD_LIKE and abbreviation.lower() not in STOP_WORDS:
                     add_norm(key, abbreviation)
                 lexicon.expansions.setdefault(abbreviation, record.term)
             for level, words in record.severity.items():
