@@ -95,7 +95,7 @@ def generate(
     from clinisynth.agents.runner import run_generation, validate_run_arguments
     from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError, coverage_problem, generator_record
     from clinisynth.generation.storage import OrderedStorage, check_output_dir
-    from clinisynth.verifier_setup import build_run_verifier
+    from clinisynth.verifier_setup import build_run_verifier, check_verifier_settings
 
     settings = settings or Settings()
     profile = profile or settings.profile
@@ -107,6 +107,7 @@ def generate(
     validate_run_arguments(n_images=n, steps=steps, guidance=guidance, max_rounds=max_rounds,
                            max_images=settings.max_images, best_of=best_of)
     check_output_dir(Path(out))
+    check_verifier_settings(settings)
     planner = get_planner(settings)
     checked = planner.plan_for_generation(text)
     generator, resolved = load_generator(profile=profile, settings=settings)

@@ -8,22 +8,53 @@ from typing import Callable
 from clinisynth.settings import Settings
 
 
+class VerifierSetupError(ValueError):
+    """A verifier setting (``classifiers_dir``, ``verifier_thresholds``, ``memorisation_data``) cannot be used.
+
+    A user error: the CLI reports it as one ``error:`` line and exit code 2.
+    """
+
+
+def check_verifier_settings(settings: Settings) -> None:
+    """The cheap checks of the verifier's settings, for before anything is loaded or written (any profile).
+
+    Raises:
+        VerifierSetupError: ``classifiers_dir`` is not a folder, a threshold field does not exist or is out of
+            range, or a ``memorisation_data`` folder has no ``manifest.csv``.
+    """
+    classifier_dirs(settings)
+    thresholds(settings)
+    for modality, folder in settings.memorisation_data.items():
+        folder = Path(folder).expanduser()
+        if not (folder / "manifest.csv").is_file():
+            raise VerifierSetupError(f"memorisation_data.{modality}: no manifest.csv in {folder}; point it at a "
+                                     "dataset prepared with `clinisynth prepare`")
+
+
 def classifier_dirs(settings: Settings) -> dict[str, Path]:
-    """Per storage modality, the classifier folder in ``settings.classifiers_dir`` (the shipped ones when unset)."""
+    """Per storage modality, the classifier folder in ``settings.classifiers_dir`` (the shipped ones when unset).
+
+    Raises:
+        VerifierSetupError: ``classifiers_dir`` is set but is not a folder.
+    """
     from clinisynth.evaluation.classifier import CONFIG_NAME
     from clinisynth.models import CLASSIFIERS_DIR
 
     root = Path(settings.classifiers_dir or CLASSIFIERS_DIR).expanduser()
     if settings.classifiers_dir is not None and not root.is_dir():
-        raise FileNotFoundError(f"classifiers_dir {root} is not a folder; point CLINISYNTH_CLASSIFIERS_DIR at the "
-                                "folder holding one classifier per modality (e.g. chest_xray/)")
+        raise VerifierSetupError(f"classifiers_dir {root} is not a folder; point CLINISYNTH_CLASSIFIERS_DIR at the "
+                                 "folder holding one classifier per modality (e.g. chest_xray/)")
     if not root.is_dir():
         return {}
     return {child.name: child for child in sorted(root.iterdir()) if (child / CONFIG_NAME).is_file()}
 
 
 def thresholds(settings: Settings) -> dict:
-    """The default per-modality thresholds with the settings' overrides applied (unknown fields are errors)."""
+    """The default per-modality thresholds with the settings' overrides applied.
+
+    Raises:
+        VerifierSetupError: a field that does not exist, or a value out of its range.
+    """
     from dataclasses import fields, replace
 
     from clinisynth.agents.verifier import DEFAULT_THRESHOLDS, ModalityThresholds
@@ -33,8 +64,12 @@ def thresholds(settings: Settings) -> dict:
     for modality, overrides in settings.verifier_thresholds.items():
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"verifier_thresholds.{modality} has unknown field(s) {unknown}; known: {sorted(known)}")
-        merged[modality] = replace(merged.get(modality, ModalityThresholds()), **overrides)
+            raise VerifierSetupError(f"verifier_thresholds.{modality} has unknown field(s) {unknown}; "
+                                     f"known: {sorted(known)}")
+        try:
+            merged[modality] = replace(merged.get(modality, ModalityThresholds()), **overrides)
+        except ValueError as error:
+            raise VerifierSetupError(f"verifier_thresholds.{modality}: {error}") from None
     return merged
 
 
@@ -45,11 +80,14 @@ def training_images(settings: Settings, profile) -> dict[str, list[Path]]:
     ``clinisynth train scratch``, the dataset its card names when that folder exists on this machine.
     """
     from clinisynth.generation.profiles import generator_record
-    from clinisynth.training.data import read_manifest
+    from clinisynth.training.data import ManifestError, read_manifest
 
     images: dict[str, list[Path]] = {}
     for modality, folder in settings.memorisation_data.items():
-        images[modality] = [record.path for record in read_manifest(Path(folder).expanduser())]
+        try:
+            images[modality] = [record.path for record in read_manifest(Path(folder).expanduser())]
+        except ManifestError as error:
+            raise VerifierSetupError(f"memorisation_data.{modality}: {error}") from None
     if images or profile.name == "tiny":
         return images
     dataset = (generator_record(profile.generator).get("data") or {}).get("dataset")
@@ -69,6 +107,7 @@ def build_run_verifier(*, settings: Settings, profile, device: str = "cpu",
     from clinisynth.agents.verifier import build_verifier
     from clinisynth.evaluation.clip_score import BIOMEDCLIP_ID
 
+    check_verifier_settings(settings)
     clip_model = settings.clip_model or (BIOMEDCLIP_ID if profile.name == "full" else None)
     images = training_images(settings, profile)
     if on_progress is not None and images:

@@ -10,7 +10,7 @@ from _training_helpers import make_dataset
 from clinisynth.generation.profiles import GENERATOR_RECORD, ModelProfile
 from clinisynth.models import CLASSIFIERS_DIR
 from clinisynth.settings import Settings
-from clinisynth.verifier_setup import build_run_verifier, classifier_dirs, thresholds
+from clinisynth.verifier_setup import VerifierSetupError, build_run_verifier, classifier_dirs, thresholds
 
 
 def profile(name: str, generator: str = "unused") -> ModelProfile:
@@ -24,7 +24,7 @@ def test_the_shipped_classifiers_are_found_per_modality(tmp_path):
 
 
 def test_a_missing_classifiers_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="CLINISYNTH_CLASSIFIERS_DIR"):
+    with pytest.raises(VerifierSetupError, match="CLINISYNTH_CLASSIFIERS_DIR"):
         classifier_dirs(Settings(cache_dir=tmp_path, classifiers_dir=tmp_path / "nope"))
 
 
@@ -34,7 +34,7 @@ def test_threshold_overrides_merge_and_unknown_fields_are_refused(tmp_path):
     assert merged["chest_xray"].min_label_probability == 0.7
     assert merged["chest_xray"].max_memorisation_similarity == 0.985  # the default survives
     assert merged["oct"].min_clip_score == 30
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(VerifierSetupError, match="unknown field"):
         thresholds(Settings(cache_dir=tmp_path, verifier_thresholds={"oct": {"min_probability": 0.7}}))
 
 

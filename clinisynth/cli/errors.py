@@ -18,8 +18,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.generation.storage import StorageError
     from clinisynth.knowledge import KnowledgeError
     from clinisynth.retrieval.embedder import EmbedderError
+    from clinisynth.verifier_setup import VerifierSetupError
 
-    return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError)
+    return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError,
+            VerifierSetupError)
 
 
 def fail(message: str) -> None:

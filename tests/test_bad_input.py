@@ -1,0 +1,123 @@
+"""Every bad input the README's "Bad input" section lists: one ``error:`` line, exit code 2, nothing written.
+
+The test reads the list from README.md, so a case added there without a check here fails, and a check here
+whose case the README no longer names fails too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clinisynth.cli.main import app
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+REQUEST = "moderate right pleural effusion with basal atelectasis, PA chest radiograph"
+
+
+def readme_bad_inputs() -> list[str]:
+    """The clauses of the paragraph under ``### Bad input`` after "with nothing written:"."""
+    text = README.read_text(encoding="utf-8")
+    section = re.search(r"^### Bad input\n(.*?)(?=^#)", text, flags=re.S | re.M)
+    assert section, "README.md has no '### Bad input' section"
+    paragraph = section.group(1).strip().split("\n\n")[0]
+    listed = " ".join(paragraph.split()).split("with nothing written:", 1)
+    assert len(listed) == 2, "the Bad input paragraph no longer says 'with nothing written:'"
+    return [clause.strip().rstrip(".") for clause in listed[1].split(";") if clause.strip()]
+
+
+def _writable_check_refused(monkeypatch):
+    """An output dir that cannot be written: a read-only folder, or (as root, who writes anywhere) a refused probe."""
+    real = tempfile.mkstemp
+
+    def refuse(*args, **kwargs):
+        if str(kwargs.get("prefix", "")).startswith(".clinisynth-write-check"):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+# phrase that names the case in the README -> (generate arguments after the description, env, setup)
+# Every argument list is appended to ["generate", <description>, "--out", OUT]; "{tmp}" is the test's folder.
+CASES: dict[str, list[dict]] = {
+    "empty or whitespace description": [{"text": ""}, {"text": "   \n\t "}],
+    "longer than `max_request_chars`": [{"text": "x" * 5000}, {"text": "pleural effusion " * 30,
+                                                              "env": {"CLINISYNTH_MAX_REQUEST_CHARS": "100"}}],
+    "nothing medical": [{"text": "the weather is lovely today and I bought bread"}],
+    "modality the knowledge base does not cover": [{"text": "MRI of the left knee with a torn meniscus",
+                                                    "message": "chest_xray"}],
+    "unknown profile": [{"args": ["--profile", "huge"]}, {"env": {"CLINISYNTH_PROFILE": "huge"}}],
+    "output dir that is a file": [{"out": "a-file"}],
+    "is not writable": [{"out": "locked/out", "setup": "unwritable"}],
+    "`-n` below 1": [{"args": ["-n", "0"]}, {"args": ["-n", "-3"]}],
+    "steps outside 1..1000": [{"args": ["--steps", "0"]}, {"args": ["--steps", "1001"]}],
+    "guidance outside 0..30": [{"args": ["--guidance", "-0.5"]}, {"args": ["--guidance", "30.5"]}],
+    "`--max-rounds` outside 1..20": [{"args": ["--max-rounds", "0"]}, {"args": ["--max-rounds", "21"]}],
+    "`--best-of` outside 1..16": [{"args": ["--best-of", "0"]}, {"args": ["--best-of", "17"]}],
+    "`classifiers_dir` that is not a folder": [
+        {"env": {"CLINISYNTH_CLASSIFIERS_DIR": "{tmp}/a-file"}, "message": "classifiers_dir"},
+        {"env": {"CLINISYNTH_CLASSIFIERS_DIR": "{tmp}/nowhere"}, "message": "classifiers_dir"},
+        {"env": {"CLINISYNTH_CLASSIFIERS_DIR": "{tmp}/a-file"}, "args": ["--profile", "demo"],
+         "message": "classifiers_dir"},
+    ],
+    "threshold field that does not exist": [
+        {"env": {"CLINISYNTH_VERIFIER_THRESHOLDS": json.dumps({"chest_xray": {"min_probability": 0.7}})},
+         "message": "unknown field"},
+        {"env": {"CLINISYNTH_VERIFIER_THRESHOLDS": json.dumps({"chest_xray": {"min_label_probability": 7}})},
+         "message": "between 0 and 1"},
+    ],
+    "`memorisation_data` folder with no `manifest.csv`": [
+        {"env": {"CLINISYNTH_MEMORISATION_DATA": json.dumps({"chest_xray": "{tmp}/empty-generator"})},
+         "message": "memorisation_data.chest_xray"},
+    ],
+    "missing model": [{"args": ["--profile", "demo"], "env": {"CLINISYNTH_DEMO_GENERATOR": "{tmp}/empty-generator"},
+                       "message": "CLINISYNTH_DEMO_GENERATOR"}],
+}
+
+
+def test_every_case_the_readme_lists_is_checked_here_and_the_other_way_round():
+    clauses = readme_bad_inputs()
+    assert len(clauses) >= 10, clauses
+    unchecked = [clause for clause in clauses if not any(phrase in clause for phrase in CASES)]
+    assert not unchecked, f"README 'Bad input' cases without a check in {__file__}: {unchecked}"
+    unlisted = [phrase for phrase in CASES if not any(phrase in clause for clause in clauses)]
+    assert not unlisted, f"checks for cases the README no longer lists: {unlisted}"
+
+
+@pytest.mark.parametrize("phrase, number", [(phrase, i) for phrase, cases in CASES.items() for i in range(len(cases))])
+def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, monkeypatch, phrase, number):
+    case = CASES[phrase][number]
+    (tmp_path / "a-file").write_text("keep me", encoding="utf-8")
+    (tmp_path / "empty-generator").mkdir()
+    if case.get("setup") == "unwritable":
+        (tmp_path / "locked").mkdir()
+        if os.geteuid() == 0:
+            _writable_check_refused(monkeypatch)
+        else:
+            (tmp_path / "locked").chmod(0o500)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    out = tmp_path / case.get("out", "out")
+    env = {"CLINISYNTH_CACHE_DIR": str(cache_dir), "CLINISYNTH_CONFIG": None}
+    env.update({key: value.replace("{tmp}", str(tmp_path)) for key, value in case.get("env", {}).items()})
+    result = CliRunner(env=env).invoke(app, ["generate", case.get("text", REQUEST), "--out", str(out), "-n", "1",
+                                             *case.get("args", [])])
+    if (tmp_path / "locked").exists():
+        (tmp_path / "locked").chmod(0o700)
+
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit), f"not a handled error: {result.exception!r}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.lstrip().startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    if "message" in case:
+        assert case["message"] in errors[0]
+    assert result.stdout == ""
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before  # nothing written
+    assert (tmp_path / "a-file").read_text(encoding="utf-8") == "keep me"
