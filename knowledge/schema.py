@@ -42,6 +42,8 @@ class Record(BaseModel):
         modalities: ids of the modalities the concept appears in (empty for a modality record).
         locations: for findings and signs, ids of the anatomy where it typically occurs.
         signs: for findings, ids of the imaging signs that show it.
+        enlargement_of: for findings, ids of the anatomy whose stated enlargement asserts the finding
+            ("the heart is large", "borderline heart size" -> cardiomegaly).
         parent: id of a broader record of the same kind (``anatomy.right_lung`` for a lobe).
         side: for anatomy that is intrinsically one-sided (``anatomy.right_lower_lobe``).
         lateralized: whether the concept can be left, right or bilateral.
@@ -67,6 +69,7 @@ class Record(BaseModel):
     modalities: list[str] = Field(default_factory=list)
     locations: list[str] = Field(default_factory=list)
     signs: list[str] = Field(default_factory=list)
+    enlargement_of: list[str] = Field(default_factory=list)
     parent: str | None = None
     side: Side | None = None
     lateralized: bool = False
@@ -115,6 +118,8 @@ class Record(BaseModel):
             raise ValueError(f"modality {self.id!r} needs a label (the storage folder name)")
         if self.kind in ("finding", "sign") and not self.modalities:
             raise ValueError(f"{self.kind} {self.id!r} must list at least one modality")
+        if self.enlargement_of and self.kind != "finding":
+            raise ValueError(f"only findings can name enlargement_of anatomy, not {self.id!r}")
         if self.normal and self.kind != "finding":
             raise ValueError(f"only findings can be marked normal, not {self.id!r}")
         return self

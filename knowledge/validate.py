@@ -47,6 +47,8 @@ def integrity_problems(files: list[tuple[Path, KnowledgeFile]]) -> list[str]:
             expect(path, record, "locations", target, "anatomy")
         for target in record.signs:
             expect(path, record, "signs", target, "sign")
+        for target in record.enlargement_of:
+            expect(path, record, "enlargement_of", target, "anatomy")
         if record.parent is not None:
             expect(path, record, "parent", record.parent, record.kind)
         if record.kind == "finding":

@@ -131,6 +131,7 @@ class Reasoner:
                     if record_id not in self._organ_heads.get(words[1], []):
                         self._organ_heads.setdefault(words[1], []).append(record_id)
         self._parents = {r.id: r.parent for r in knowledge.records if r.parent}
+        self._enlargement = {a: r.id for r in knowledge.records for a in r.enlargement_of}
         self._cache: OrderedDict[str, _Analysis] = OrderedDict()
         self._retrieval_cache: OrderedDict[tuple, list] = OrderedDict()
 
@@ -303,6 +304,14 @@ class Reasoner:
         mentions.sort(key=lambda m: m.start)
         for mention in mentions:
             mention.chosen = mention.ids[0]
+        for mention, item in _size_statements(doc, mentions, taken, self._enlargement):
+            mentions.append(mention)
+            # "large" in "the heart is large" says that it is enlarged, not how much.
+            items = [it for it in items if not (it.what == "severity" and mention.start <= it.start < mention.end)]
+            if item is not None:
+                items.append(item)
+        mentions.sort(key=lambda m: m.start)
+        for mention in mentions:
             if mention.kind == "anatomy":
                 items.append(_Item(mention.start, mention.end, "anatomy", mention.ids[0]))
         # Side and severity words inside an anatomy or modality span belong to it ("right lower lobe").
@@ -872,6 +881,45 @@ def _study_side(doc, analysis: _Analysis, anatomy_sides: dict[str, str]) -> str 
     if not sides:
         return None
     return "bilateral" if "bilateral" in sides or {"left", "right"} <= sides else sides.pop()
+
+
+_SIZE_WINDOW = 6
+
+
+def _size_statements(doc, mentions: list[_Mention], taken: list[bool], enlargement: dict[str, str]):
+    """Findings stated as a structure's size: "the heart is large", "borderline heart size", "heart size
+    upper limits of normal". The size word (not the structure) becomes the finding's mention, so that
+    "the heart is not enlarged" is denied by its own cue; borderline sizes are mild.
+
+    Yields:
+        ``(mention, severity item or None)`` for each statement.
+    """
+    anatomy = [m for m in mentions if m.kind == "anatomy" and m.chosen in enlargement]
+    for subject in anatomy:
+        sentence = doc[subject.start].sent
+        candidates = [*range(subject.end, min(subject.end + _SIZE_WINDOW, sentence.end)),
+                      *range(max(subject.start - 3, sentence.start), subject.start)]
+        for i in candidates:
+            if taken[i]:
+                continue
+            words = tuple(t.lower_ for t in doc[i : i + 4])
+            borderline = next((p for p in vocab.BORDERLINE_PHRASES if words[: len(p)] == p), None)
+            if borderline is None and doc[i].lower_ not in vocab.ENLARGEMENT_WORDS:
+                continue
+            low, high = sorted((i, subject.start))
+            between = doc[min(i, subject.end) : max(i, subject.start)]
+            # The statement must be about this structure: no clause break or other finding in between.
+            if any(t.text in (",", ";", ":") or t.lower_ in ("and", "but", "with", "without") for t in between):
+                continue
+            if any(taken[j] and not (subject.start <= j < subject.end) for j in range(low, high)):
+                continue
+            end = i + (len(borderline) if borderline else 1)
+            for j in range(i, end):
+                taken[j] = True
+            finding_id = enlargement[subject.chosen]
+            item = _Item(i, end, "severity", "mild") if borderline else None
+            yield _Mention(i, end, "finding", [finding_id], chosen=finding_id), item
+            break
 
 
 def _list_item_cue(doc, cue_start: int, cue_end: int, target_start: int, category: str) -> bool:

@@ -159,6 +159,13 @@ DISTRIBUTION_GRADES = {
 GRADE_RE = re.compile(r"\b(?:who\s+)?(grade|stage)\s*(iv|iii|ii|i|[1-4])\b", re.IGNORECASE)
 GRADE_SEVERITY = {"1": "mild", "i": "mild", "2": "moderate", "ii": "moderate", "3": "severe", "iii": "severe", "4": "severe", "iv": "severe"}
 
+#: Words that state a structure is enlarged ("the heart is large", "heart size mildly increased"); with the
+#: structure in the same clause they assert the finding the knowledge names for its enlargement.
+ENLARGEMENT_WORDS = {"enlarged", "large", "enlargement", "increased", "increase", "widened", "wide", "big"}
+#: Phrases that put a size at the edge of enlargement: the finding, mild ("borderline heart size"). A size
+#: "at the upper limits of normal" is still normal, as radiologists read it.
+BORDERLINE_PHRASES = [("borderline",)]
+
 # --- modality families and body regions (for "knee MRI" -> unsupported) ------------------------
 
 FAMILY_WORDS: dict[str, str] = {
