@@ -28,6 +28,8 @@ _CLAUSE_BREAK = {",", ";", ":", "(", ")", "[", "]", "and", "but", "or", "with", 
 _CHUNK_BREAK = {",", ";", "and", "but", "with", "while", "whereas", "plus", "also", "however", "although", "&", "as"}
 _PREPOSITIONS = {"in", "at", "within", "of", "involving", "on", "over", "into", "along", "near", "affecting", "from", "throughout", "posterior", "inferior", "superior"}
 _MAX_RETRIEVAL_QUERIES = 6
+#: How far below the threshold the query without its anatomy words may score for the same record.
+_CONTENT_MARGIN = 0.1
 #: After a comma these words open a new positive statement ("no evidence of malignancy, benign nevus").
 _LIST_RESTART = vocab.RESTART_WORDS | {"benign", "consistent", "compatible", "probable", "likely", "but"}
 _CACHE_SIZE = 64
@@ -361,6 +363,13 @@ class Reasoner:
                     )
                 continue
             record = self.knowledge.by_id[best.id]
+            content_query = self._expand_tokens([doc[i] for i in content])
+            if content_query != query and not self._carried_by_content(best.id, content_query, modality_id):
+                analysis.notes.append(
+                    f"{query!r} not resolved: {record.term!r} (score {best.score:.2f}) comes from the anatomy named, "
+                    f"not from {content_query!r}"
+                )
+                continue
             analysis.references.append(Reference(id=record.id, term=record.term, score=round(float(best.score), 4), query=query))
             kind = self.lexicon.kinds[record.id]
             if kind not in ("finding", "sign", "normal"):
@@ -373,11 +382,20 @@ class Reasoner:
 
     def _expand(self, span) -> str:
         """Abbreviations to their terms before embedding (MiniLM confuses LLL with RUL)."""
+        return self._expand_tokens(list(span))
+
+    def _expand_tokens(self, tokens) -> str:
         parts = []
-        for token in span:
+        for token in tokens:
             expansion = self.lexicon.expansions.get(token.text) or self.lexicon.expansions.get(token.text.rstrip("s"))
-            parts.append((expansion or token.text) + token.whitespace_)
+            parts.append((expansion or token.text) + " ")
         return "".join(parts).strip()
+
+    def _carried_by_content(self, record_id: str, content_query: str, modality_id: str | None) -> bool:
+        """Whether the words that are not anatomy still point at ``record_id``: "configuration of the cardiac
+        silhouette" embeds close to cardiomegaly through "cardiac silhouette" alone."""
+        hits = self._search(content_query, modality_id)
+        return any(h.id == record_id and h.score >= self.retrieval_threshold - _CONTENT_MARGIN for h in hits)
 
     def _search(self, query: str, modality_id: str | None) -> list:
         key = (query.lower(), modality_id)
@@ -810,6 +828,8 @@ def _is_content(token) -> bool:
     return (
         token.is_alpha and len(word) >= 3 and word not in _STOP and word not in vocab.NON_IMAGING_WORDS
         and word not in vocab.SIDE_WORDS and word not in vocab.SEVERITY_WORDS and re.search(r"[aeiouy]", word) is not None
+        # How a finding is spread or sized is not the finding ("patchy", "increased peripheral").
+        and word not in vocab.DISTRIBUTION_WORDS and word not in vocab.ENLARGEMENT_WORDS
     )
 
 
