@@ -175,7 +175,7 @@ def _attempt_sheet(run_dir: Path, attempts: list[dict]) -> Path:
     """``runs/<id>/attempts.png``: the candidates for a reviewer, each labelled slot.round and verdict or failure."""
     from PIL import Image
 
-    from clinisynth.training.plots import contact_sheet
+    from clinisynth.generation.plots import contact_sheet
 
     shown = attempts[:SHEET_LIMIT]
     images, labels = [], []

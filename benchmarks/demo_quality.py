@@ -45,7 +45,7 @@ def main() -> None:
     from clinisynth.generation.profiles import resolve_profile
     from clinisynth.models import CLASSIFIERS_DIR
     from clinisynth.settings import Settings
-    from clinisynth.training.plots import contact_sheet
+    from clinisynth.generation.plots import contact_sheet
 
     settings = Settings()
     overrides = {"demo_generator": str(args.generator)} if args.generator else {}

@@ -1,13 +1,15 @@
-"""Pictures of a training run: the loss curve and a contact sheet of sample images (PNG, written atomically)."""
+"""Pictures: contact sheets of images (a run's candidates, training samples) and a training loss curve.
+
+PNG files written atomically (:func:`clinisynth.generation.storage.write_atomically`). Here, in ``generation/``,
+so that both ``agents/`` (a run's ``attempts.png``) and ``training/`` may import them (DESIGN.md).
+"""
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
-
-def _replace(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
+from clinisynth.generation.storage import write_atomically
 
 
 def plot_loss_curve(path: Path, *, train: list[tuple[int, float]], validation: list[tuple[int, float]],
@@ -41,10 +43,10 @@ def plot_loss_curve(path: Path, *, train: list[tuple[int, float]], validation: l
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
-    _replace(tmp, path)
+    write_atomically(path, buffer.getvalue())
     return path
 
 
@@ -65,7 +67,7 @@ def contact_sheet(path: Path, images: list, *, columns: int = 4, labels: list[st
         sheet.paste(image.convert("RGB").resize((width, height)), (x, y + label_h))
         if labels:
             draw.text((x + 1, y), str(labels[index])[: max(1, width // 6)], fill="black")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    sheet.save(tmp, format="PNG")
-    _replace(tmp, path)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    write_atomically(path, buffer.getvalue())
     return path

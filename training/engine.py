@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from clinisynth.training.checkpoints import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
-from clinisynth.training.plots import contact_sheet, plot_loss_curve
+from clinisynth.generation.plots import contact_sheet, plot_loss_curve
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 

@@ -23,7 +23,7 @@ from clinisynth.training.checkpoints import (
     save_checkpoint,
 )
 from clinisynth.training.data import load_images, read_manifest, split_records
-from clinisynth.training.plots import contact_sheet, plot_loss_curve
+from clinisynth.generation.plots import contact_sheet, plot_loss_curve
 
 
 def small_vae_config(*, resolution: int, channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4) -> dict:
