@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["present", "absent", "uncertain"]
+Temporality = Literal["current", "historical"]
 Laterality = Literal["left", "right", "bilateral"]
 Severity = Literal["mild", "moderate", "severe"]
 
@@ -31,6 +32,8 @@ class Finding(BaseModel):
         cue: the phrase that set ``status`` (a negation / uncertainty / historical cue) or, for a present
             finding, that made it the conclusion (``consistent with``, ``impression``).
         grade: a named grade when the text gave one (``proliferative``, ``grade 3``).
+        temporality: ``historical`` for old, healed or past disease ("healed rib fracture", "history of
+            lung cancer"): part of the story, not a current finding to draw.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -49,6 +52,12 @@ class Finding(BaseModel):
     source: Literal["lexicon", "retrieval"] = "lexicon"
     score: float | None = None
     cue: str | None = None
+    temporality: Temporality = "current"
+
+    @property
+    def drawn(self) -> bool:
+        """Whether the image should show it: stated or hedged, and current."""
+        return self.status in ("present", "uncertain") and self.temporality == "current"
 
 
 class VisualFeature(BaseModel):

@@ -149,7 +149,7 @@ class Planner:
         if plan.modality is None:
             raise PlanError(f"cannot tell the imaging modality of {text.strip()[:80]!r}; name one of: "
                             f"{self.covered_modalities()}")
-        drawable = [f for f in plan.findings if f.status in ("present", "uncertain")]
+        drawable = [f for f in plan.findings if f.drawn]
         if not drawable and not plan.normal_study:
             raise PlanError(f"{text.strip()[:80]!r} names no finding to draw; name one (e.g. 'small left pneumothorax') "
                             "or say 'normal study'")

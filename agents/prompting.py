@@ -107,7 +107,7 @@ def choose_label(*, knowledge: KnowledgeBase, modality_id: str | None, findings:
     Returns:
         A finding's label, the normal label, or :data:`UNSPECIFIED_LABEL`.
     """
-    findings = sorted(findings, key=lambda f: f.start)
+    findings = sorted((f for f in findings if f.temporality == "current"), key=lambda f: f.start)
     if not normal_study:
         stated = [f for f in findings if f.status == "present" and f.cue in STATED_DIAGNOSIS_CUES]
         if stated:
@@ -154,7 +154,7 @@ def build_prompt(
     """
     findings = sorted(findings, key=lambda f: f.start)
     modality = knowledge.get(modality_id) if modality_id else None
-    drawn = [f for f in findings if f.status in ("present", "uncertain")] if not normal_study else []
+    drawn = [f for f in findings if f.drawn] if not normal_study else []
     absent = [f for f in findings if f.status == "absent"]
 
     signs = list(signs)

@@ -9,8 +9,8 @@ Input: each report's ``findings`` + ``impression`` sections joined as one descri
 
 Label-mapping rule (written down once, used for both systems): a report gets a gold label when
 its column is 1 (the annotators coded a finding the report asserts, not one it denies or only
-hedges). The plan gives a label when one of its findings with status ``present`` (and not
-``historical``) has an id in :data:`LABEL_FINDINGS` for that label, or descends (``parent`` chain
+hedges). The plan gives a label when one of its findings with status ``present`` (and temporality
+``current``) has an id in :data:`LABEL_FINDINGS` for that label, or descends (``parent`` chain
 in the knowledge base) from one; ``--count-uncertain`` also counts ``uncertain`` findings. ``Hernia`` has no positive report in the dev split and is not
 scored. Findings outside the 13 labels (devices, fractures, granulomas ...) are not counted
 either way.
@@ -130,7 +130,7 @@ def plan_labels(plan, mapping: dict[str, set[str]], *, count_uncertain: bool = F
     statuses = ("present", "uncertain") if count_uncertain else ("present",)
     out: dict[str, str] = {}
     for finding in plan.findings:
-        if finding.status not in statuses or getattr(finding, "historical", False):
+        if finding.status not in statuses or finding.temporality != "current":
             continue
         for label in mapping.get(finding.id, ()):
             out.setdefault(label, finding.evidence)

@@ -44,6 +44,9 @@ class Record(BaseModel):
         signs: for findings, ids of the imaging signs that show it.
         enlargement_of: for findings, ids of the anatomy whose stated enlargement asserts the finding
             ("the heart is large", "borderline heart size" -> cardiomegaly).
+        post_procedural: for findings, a device or the lasting result of a procedure (sternotomy wires,
+            lobectomy): "prior sternotomy" states what the image shows now, so words that date it do not
+            make it historical.
         parent: id of a broader record of the same kind (``anatomy.right_lung`` for a lobe).
         side: for anatomy that is intrinsically one-sided (``anatomy.right_lower_lobe``).
         lateralized: whether the concept can be left, right or bilateral.
@@ -70,6 +73,7 @@ class Record(BaseModel):
     locations: list[str] = Field(default_factory=list)
     signs: list[str] = Field(default_factory=list)
     enlargement_of: list[str] = Field(default_factory=list)
+    post_procedural: bool = False
     parent: str | None = None
     side: Side | None = None
     lateralized: bool = False
@@ -118,6 +122,8 @@ class Record(BaseModel):
             raise ValueError(f"modality {self.id!r} needs a label (the storage folder name)")
         if self.kind in ("finding", "sign") and not self.modalities:
             raise ValueError(f"{self.kind} {self.id!r} must list at least one modality")
+        if self.post_procedural and self.kind != "finding":
+            raise ValueError(f"only findings can be post_procedural, not {self.id!r}")
         if self.enlargement_of and self.kind != "finding":
             raise ValueError(f"only findings can name enlargement_of anatomy, not {self.id!r}")
         if self.normal and self.kind != "finding":

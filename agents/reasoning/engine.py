@@ -51,6 +51,7 @@ class _Mention:
     query: str | None = None  # the retrieval query, to search again once the modality is known
     diagnosis: str | None = None  # the phrase stating it as the conclusion ("consistent with", "impression")
     bare_head: bool = False  # a bare head word ("metastasis") standing for "<organ> <head>" records
+    historical: bool = False  # old, healed or past disease ("healed rib fracture", "history of ...")
 
 
 @dataclass
@@ -99,7 +100,8 @@ class Reasoner:
         self.retrieval_threshold = retrieval_threshold
         self.nlp = spacy.blank("en")
         self.lexicon = Lexicon.build(nlp=self.nlp, knowledge=knowledge, normalize=_normalize_doc)
-        self.context = ConText(self.nlp, rules=None, span_attrs=None, phrase_matcher_attr="LOWER")
+        # A cue inside another finding's words modifies that finding only ("old granulomatous disease and ...").
+        self.context = ConText(self.nlp, rules=None, span_attrs=None, phrase_matcher_attr="LOWER", prune_on_target_overlap=True)
         self.context.add(_context_rules(ConTextRule))
         # Findings without an explicit flag still take a side when no record uses the flag at all.
         self._any_lateralized = any(r.lateralized for r in knowledge.records if r.kind == "finding")
@@ -196,7 +198,7 @@ class Reasoner:
             if m.kind == "sign" and m.status != "absent" and (modality_id is None or modality_id in self.knowledge.by_id[m.chosen].modalities)
         ])
         conflicts = _conflicts(findings)
-        drawn = [f for f in findings if f.status in ("present", "uncertain") and not self._is_normal(f.id)]
+        drawn = [f for f in findings if f.drawn and not self._is_normal(f.id)]
         findings = [f for f in findings if not self._is_normal(f.id)]
         said_normal = bool(analysis.normal_spans) or any(m.kind == "normal" for m in analysis.mentions)
         normal_study = not drawn and (said_normal or any(f.status == "absent" for f in findings))
@@ -435,8 +437,12 @@ class Reasoner:
             elif "POSSIBLE_EXISTENCE" in categories or "HYPOTHETICAL" in categories:
                 mention.status = "uncertain"
                 mention.cue = categories.get("POSSIBLE_EXISTENCE") or categories.get("HYPOTHETICAL")
-            elif "HISTORICAL" in categories:
-                mention.cue = categories["HISTORICAL"]
+            if "HISTORICAL" in categories and mention.status != "absent" and not self._post_procedural(mention):
+                mention.historical = True
+                mention.cue = mention.cue or categories["HISTORICAL"]
+
+    def _post_procedural(self, mention: _Mention) -> bool:
+        return any(self.knowledge.by_id[i].post_procedural for i in mention.ids)
 
     # ------------------------------------------------------------------ modality
 
@@ -636,6 +642,7 @@ class Reasoner:
                 term=record.term,
                 label=record.label or record.id.split(".", 1)[1],
                 status=mention.status,
+                temporality="historical" if mention.historical else "current",
                 laterality=side,
                 location=location,
                 severity=severity,
@@ -772,9 +779,9 @@ def _context_rules(ConTextRule) -> list:
     for literal, category, direction in vocab.EXTRA_CONTEXT_RULES:
         if (literal, category, direction) not in seen:
             seen.add((literal, category, direction))
-            # A bare "?" hedges only the words right next to it ("? LLL pneumonia", "pneumonia?").
-            max_scope = 4 if literal in ("?", "resolved") else None
-            rules.append(ConTextRule(literal=literal, category=category, direction=direction, max_scope=max_scope))
+            rules.append(ConTextRule(literal=literal, category=category, direction=direction,
+                                     max_scope=vocab.SHORT_SCOPE_CUES.get(literal),
+                                     max_targets=1 if literal in vocab.SINGLE_TARGET_CUES else None))
     return rules
 
 

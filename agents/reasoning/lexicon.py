@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from spacy.lang.en.stop_words import STOP_WORDS
-
 from clinisynth.agents.reasoning import vocab
 from clinisynth.knowledge import KnowledgeBase
 
@@ -54,6 +52,9 @@ class Lexicon:
 
     @classmethod
     def build(cls, *, nlp, knowledge: KnowledgeBase, normalize) -> "Lexicon":
+        # spaCy is imported here, not with the module: importing this module must stay cheap (settings
+        # import the engine), and the Reasoner imports spaCy its own, lighter way first.
+        from spacy.lang.en.stop_words import STOP_WORDS
         from spacy.matcher import PhraseMatcher
 
         norm_matcher = PhraseMatcher(nlp.vocab, attr="NORM")
@@ -131,3 +132,152 @@ def _norm_doc(nlp, normalize, text: str):
 
 def _norm_phrase(nlp, normalize, text: str) -> str:
     return " ".join(token.norm_ for token in _norm_doc(nlp, normalize, " ".join(text.replace("-", " ").split())))
+
+
+# ---------------------------------------------------------------------- cache
+
+#: Bump when the cache file's layout changes.
+LEXICON_CACHE_FORMAT = 1
+#: Cache files kept in ``<cache_dir>/lexicon/`` (one per knowledge content and vocabulary seen).
+_CACHE_KEEP = 8
+
+
+def lexicon_cache_key(*, nlp, knowledge: KnowledgeBase, normalize) -> str | None:
+    """What a built lexicon depends on, hashed: the knowledge content, the source of this module, of
+    :mod:`~clinisynth.agents.reasoning.vocab` and of the module defining ``normalize``, the spaCy version
+    and the tokenizer's rules. ``None`` when ``normalize``'s source file cannot be found (nothing is cached)."""
+    import hashlib
+    import inspect
+
+    import spacy
+
+    try:
+        normalize_file = inspect.getsourcefile(normalize)
+    except TypeError:
+        normalize_file = None
+    if not normalize_file:
+        return None
+    digest = hashlib.sha256(f"{LEXICON_CACHE_FORMAT}\0{knowledge.content_hash}\0spacy {spacy.__version__}\0"
+                            f"{nlp.lang}\0{getattr(normalize, '__qualname__', '')}\0".encode())
+    for source in dict.fromkeys([__file__, vocab.__file__, normalize_file]):
+        with open(source, "rb") as handle:
+            digest.update(handle.read())
+        digest.update(b"\0")
+    digest.update(nlp.tokenizer.to_bytes(exclude=["vocab"]))
+    return digest.hexdigest()[:24]
+
+
+def load_or_build_lexicon(*, nlp, knowledge: KnowledgeBase, normalize, cache_dir) -> Lexicon:
+    """:meth:`Lexicon.build`, reusing ``<cache_dir>/lexicon/<key>.json`` when nothing it depends on changed.
+
+    The cache holds the matchers' patterns as the token-attribute hashes spaCy matches on (plus the
+    lookup tables), so loading re-adds them to fresh matchers bound to ``nlp.vocab`` without tokenizing
+    and normalising every phrase again (about 0.1 s instead of 0.5 s here). A missing, unreadable or
+    mismatching cache file is ignored, removed and rewritten; an unwritable cache folder only costs the
+    build. ``cache_dir=None`` always builds.
+
+    Args:
+        nlp: the spaCy pipeline the matchers match on (its vocab is shared).
+        knowledge: the records; their content hash is part of the cache key.
+        normalize: ``normalize(doc)`` setting each token's ``norm_`` (the source of its module is part
+            of the key, as are those of this module and of the vocabulary).
+        cache_dir: root cache folder, or ``None``.
+    """
+    import json
+    from pathlib import Path
+
+    key = lexicon_cache_key(nlp=nlp, knowledge=knowledge, normalize=normalize) if cache_dir is not None else None
+    if key is None:
+        return Lexicon.build(nlp=nlp, knowledge=knowledge, normalize=normalize)
+    path = Path(cache_dir) / "lexicon" / f"{key}.json"
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        payload = None
+    except (OSError, ValueError):
+        _discard(path)
+        payload = None
+    if payload is not None:
+        lexicon = _from_payload(nlp, payload, key)
+        if lexicon is not None:
+            return lexicon
+        _discard(path)
+    lexicon = Lexicon.build(nlp=nlp, knowledge=knowledge, normalize=normalize)
+    _write_atomically(path, json.dumps(_to_payload(lexicon, key), separators=(",", ":")))
+    return lexicon
+
+
+def _patterns(matcher) -> tuple[int, dict[str, list[list[int]]]]:
+    # A PhraseMatcher pickles as (vocab, {key: {pattern as attribute hashes}}, callbacks, attr); spaCy's
+    # own unpickler re-adds those hash tuples with ``add``, as ``_matcher`` does below.
+    _vocab, docs, _callbacks, attr = matcher.__reduce__()[1]
+    return int(attr), {key: sorted(list(p) for p in patterns) for key, patterns in docs.items()}
+
+
+def _to_payload(lexicon: Lexicon, key: str) -> dict:
+    norm_attr, norm = _patterns(lexicon.norm_matcher)
+    orth_attr, orth = _patterns(lexicon.orth_matcher)
+    return {
+        "format": LEXICON_CACHE_FORMAT,
+        "key": key,
+        "norm": {"attr": norm_attr, "patterns": norm},
+        "orth": {"attr": orth_attr, "patterns": orth},
+        "kinds": lexicon.kinds,
+        "expansions": lexicon.expansions,
+        "phrase_ids": {phrase: sorted(ids) for phrase, ids in lexicon.phrase_ids.items()},
+    }
+
+
+def _from_payload(nlp, payload, key: str) -> Lexicon | None:
+    try:
+        if payload["format"] != LEXICON_CACHE_FORMAT or payload["key"] != key:
+            return None
+        return Lexicon(
+            norm_matcher=_matcher(nlp, payload["norm"]),
+            orth_matcher=_matcher(nlp, payload["orth"]),
+            kinds={str(k): str(v) for k, v in payload["kinds"].items()},
+            expansions={str(k): str(v) for k, v in payload["expansions"].items()},
+            phrase_ids={str(k): {str(i) for i in ids} for k, ids in payload["phrase_ids"].items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None
+
+
+def _matcher(nlp, part: dict):
+    from spacy.matcher import PhraseMatcher
+
+    matcher = PhraseMatcher(nlp.vocab, attr=int(part["attr"]))
+    for key, patterns in part["patterns"].items():
+        matcher.add(str(key), [tuple(int(h) for h in pattern) for pattern in patterns])
+    return matcher
+
+
+def _write_atomically(path, text: str) -> None:
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(staging, path)
+        except BaseException:
+            _discard(staging)
+            raise
+        stale = sorted((p for p in path.parent.glob("*.json") if p != path), key=lambda p: p.stat().st_mtime,
+                       reverse=True)
+        for old in stale[_CACHE_KEEP - 1:]:
+            _discard(old)
+    except OSError:
+        pass
+
+
+def _discard(path) -> None:
+    import os
+
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -26,7 +26,7 @@ def map_visual_features(
     """
     features: list[VisualFeature] = []
     for finding in findings:
-        if finding.status not in ("present", "uncertain") or any(f.finding_id == finding.id for f in features):
+        if not finding.drawn or any(f.finding_id == finding.id for f in features):
             continue
         record = knowledge.by_id.get(finding.id)
         description = finding.term
@@ -97,10 +97,12 @@ def build_report(
             _sentence(modality_record.technique_text or modality_record.term) if modality_record else "Modality not stated."
         )
 
-    present = [f for f in findings if f.status == "present"]
-    uncertain = [f for f in findings if f.status == "uncertain"]
+    present = [f for f in findings if f.status == "present" and f.drawn]
+    uncertain = [f for f in findings if f.status == "uncertain" and f.drawn]
     absent = [f for f in findings if f.status == "absent"]
+    historical = [f for f in findings if f.temporality == "historical" and f.status != "absent"]
     lines = [_sentence(_describe(f)) for f in present]
+    lines += [_sentence("old " + _describe(f) + ", not acute") for f in historical]
     lines += [_sentence("possible " + _describe(f)) for f in uncertain]
     lines += [_sentence("no " + f.term) for f in absent]
     normal_record = knowledge.normal_finding_for(modality.id) if modality else None

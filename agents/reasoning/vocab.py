@@ -415,6 +415,23 @@ EXTRA_CONTEXT_RULES: list[tuple[str, str, str]] = [
     ("have been removed", "RESOLVED", "BACKWARD"),
     ("was removed", "RESOLVED", "BACKWARD"),
     ("were removed", "RESOLVED", "BACKWARD"),
+    # historical: old, healed or past disease is the story, not a current finding
+    ("history of", "HISTORICAL", "FORWARD"),
+    ("past history of", "HISTORICAL", "FORWARD"),
+    ("known history of", "HISTORICAL", "FORWARD"),
+    ("hx of", "HISTORICAL", "FORWARD"),
+    ("old", "HISTORICAL", "FORWARD"),
+    ("healed", "HISTORICAL", "FORWARD"),
+    ("remote", "HISTORICAL", "FORWARD"),
+    ("prior", "HISTORICAL", "FORWARD"),
+    ("previous", "HISTORICAL", "FORWARD"),
+    ("sequela of", "HISTORICAL", "FORWARD"),
+    ("sequelae of", "HISTORICAL", "FORWARD"),
+    ("residua of", "HISTORICAL", "FORWARD"),
+    ("residuals of", "HISTORICAL", "FORWARD"),
+    ("stigmata of", "HISTORICAL", "FORWARD"),
+    ("previously treated", "HISTORICAL", "FORWARD"),
+    ("status post treatment of", "HISTORICAL", "FORWARD"),
     # uncertainty, forward
     ("possible", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("possibly", "POSSIBLE_EXISTENCE", "FORWARD"),
@@ -548,7 +565,12 @@ EXTRA_CONTEXT_RULES: list[tuple[str, str, str]] = [
     ("mais", "TERMINATE", "TERMINATE"),
 ]
 #: Default medspaCy rules dropped because the rules above replace them with a better category.
-DROPPED_DEFAULT_LITERALS = {"evaluate for", "test for", "checked for", "resolved", "now resolved", "free", ": no"}
+DROPPED_DEFAULT_LITERALS = {"evaluate for", "test for", "checked for", "resolved", "now resolved", "free", ": no", "history"}
+#: Cues whose scope is a few words only: a bare "?" ("? LLL pneumonia") and the words that date a
+#: finding ("old left rib fractures", "prior granulomatous disease"), which modify the phrase they open.
+SHORT_SCOPE_CUES = {"?": 4, "resolved": 4, "old": 4, "healed": 4, "remote": 4, "prior": 4, "previous": 4, "previously treated": 4}
+#: Dating words modify the one finding they open ("old rib fractures and pleural thickening").
+SINGLE_TARGET_CUES = {"old", "healed", "remote", "prior", "previous", "previously treated"}
 
 #: After a finding, these words start a new positive statement: a forward cue before that finding
 #: does not reach past them ("no effusion, large pneumothorax"), unless "or" / "nor" links them.
