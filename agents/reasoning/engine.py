@@ -437,6 +437,8 @@ class Reasoner:
             elif "POSSIBLE_EXISTENCE" in categories or "HYPOTHETICAL" in categories:
                 mention.status = "uncertain"
                 mention.cue = categories.get("POSSIBLE_EXISTENCE") or categories.get("HYPOTHETICAL")
+            elif "PROBABLE_EXISTENCE" in categories:
+                mention.cue = categories["PROBABLE_EXISTENCE"]
             if "HISTORICAL" in categories and mention.status != "absent" and not self._post_procedural(mention):
                 mention.historical = True
                 mention.cue = mention.cue or categories["HISTORICAL"]

@@ -435,8 +435,9 @@ EXTRA_CONTEXT_RULES: list[tuple[str, str, str]] = [
     # uncertainty, forward
     ("possible", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("possibly", "POSSIBLE_EXISTENCE", "FORWARD"),
-    ("probable", "POSSIBLE_EXISTENCE", "FORWARD"),
-    ("probably", "POSSIBLE_EXISTENCE", "FORWARD"),
+    # "probable X" commits to X: the strongest hedge, read as stated (the cue is kept on the finding)
+    ("probable", "PROBABLE_EXISTENCE", "FORWARD"),
+    ("probably", "PROBABLE_EXISTENCE", "FORWARD"),
     ("likely", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("most likely", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("may represent", "POSSIBLE_EXISTENCE", "FORWARD"),
@@ -508,7 +509,6 @@ EXTRA_CONTEXT_RULES: list[tuple[str, str, str]] = [
     ("to exclude", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("or possibly", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("posible", "POSSIBLE_EXISTENCE", "FORWARD"),
-    ("probable", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("vermutlich", "POSSIBLE_EXISTENCE", "FORWARD"),
     ("verdacht auf", "POSSIBLE_EXISTENCE", "FORWARD"),
     # uncertainty, backward
