@@ -449,9 +449,10 @@ class Reasoner:
     # ------------------------------------------------------------------ modality
 
     def _named_modality(self, analysis: _Analysis, notes: list[str]) -> tuple[Concept | None, str | None]:
+        doc = analysis.doc
         named = []
         for mention in analysis.mentions:
-            if mention.kind == "modality" and mention.chosen not in named:
+            if mention.kind == "modality" and mention.chosen not in named and not _names_other_study(doc, mention.start, mention.end):
                 named.append(mention.chosen)
         if named:
             if len(named) > 1:
@@ -459,8 +460,11 @@ class Reasoner:
                 notes.append(f"the text names several modalities ({terms}); using the first, {self.knowledge.by_id[named[0]].term}")
             record = self.knowledge.by_id[named[0]]
             return Concept(id=record.id, term=record.term), None
-        doc = analysis.doc
         for start, end, family in analysis.families:
+            if _names_other_study(doc, start, end, analysis.regions):
+                notes.append(f"{doc[start:end].text!r} names another study (a comparison or a recommendation); "
+                             "not the modality described")
+                continue
             near = [
                 (s, e, region) for s, e, region in analysis.regions
                 if doc[start].sent.start == doc[s].sent.start and (0 <= s - end <= 3 or 0 <= start - e <= 2)
@@ -910,6 +914,18 @@ def _study_side(doc, analysis: _Analysis, anatomy_sides: dict[str, str]) -> str 
     if not sides:
         return None
     return "bilateral" if "bilateral" in sides or {"left", "right"} <= sides else sides.pop()
+
+
+def _names_other_study(doc, start: int, end: int, regions=()) -> bool:
+    """Whether the study named at ``start:end`` (with any region word right before it) is another study
+    than the one described: "unchanged since the abdomen CT", "a bone scan is recommended"."""
+    for s, e, _ in regions:
+        if 0 <= start - e <= 1:
+            start = min(start, s)
+    sentence = doc[start].sent
+    before = [t.lower_ for t in doc[max(sentence.start, start - 4) : start]]
+    after = [t.lower_ for t in doc[end : min(sentence.end, end + 3)]]
+    return bool(set(before) & vocab.REFERENCE_STUDY_BEFORE or set(after) & vocab.REFERENCE_STUDY_AFTER)
 
 
 _SIZE_WINDOW = 6

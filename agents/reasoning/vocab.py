@@ -289,6 +289,15 @@ REGION_WORDS: dict[str, str] = {
     "face": "face",
     "orbit": "orbit",
 }
+#: Words before or after a study's name that make it another study than the one described: a comparison,
+#: a prior, a recommendation ("unchanged since the abdomen CT", "a bone scan is suggested").
+REFERENCE_STUDY_BEFORE = {
+    "since", "compared", "comparison", "prior", "previous", "recent", "earlier", "outside", "last", "from",
+    "correlation", "correlate", "recommend", "recommended", "consider", "suggest", "dedicated", "further", "followup",
+    "follow-up",
+}
+REFERENCE_STUDY_AFTER = {"recommended", "suggested", "advised", "dated", "report"}
+
 #: (family, region) -> the modality label that covers it. Other pairs are unsupported.
 COVERED = {
     ("xray", "chest"): "chest_xray",
@@ -343,6 +352,13 @@ NORMAL_PHRASES = [
     "no acute cardiopulmonary process",
     "no acute cardiopulmonary abnormality",
     "no acute cardiopulmonary disease",
+    "no acute cardiopulmonary findings",
+    "no acute cardiopulmonary finding",
+    "no active cardiopulmonary disease",
+    "no evidence of acute cardiopulmonary disease",
+    "no evidence of active disease",
+    "no acute pulmonary disease",
+    "no active pulmonary disease",
     "no acute intracranial abnormality",
     "no acute intracranial process",
     "no retinopathy",
@@ -536,6 +552,13 @@ EXTRA_CONTEXT_RULES: list[tuple[str, str, str]] = [
     ("no further", "PSEUDO", "PSEUDO"),
     ("not only", "PSEUDO", "PSEUDO"),
     ("without change", "PSEUDO", "PSEUDO"),
+    ("without interval change", "PSEUDO", "PSEUDO"),
+    ("without significant change", "PSEUDO", "PSEUDO"),
+    ("without significant interval change", "PSEUDO", "PSEUDO"),
+    ("without appreciable change", "PSEUDO", "PSEUDO"),
+    ("no significant interval change", "PSEUDO", "PSEUDO"),
+    ("no appreciable change", "PSEUDO", "PSEUDO"),
+    ("not significantly changed", "PSEUDO", "PSEUDO"),
     ("no doubt", "PSEUDO", "PSEUDO"),
     # a device whose tip is out of view is still there ("NG tube below the diaphragm, tip not seen")
     ("tip not seen", "PSEUDO", "PSEUDO"),
