@@ -66,7 +66,7 @@ def prompt(state: GraphState, runtime: Runtime[Services]) -> dict:
 def _save_png_atomically(image, path: Path) -> None:
     import io
 
-    from clinisynth.generation.storage import write_atomically
+    from clinisynth.generation.files import write_atomically
 
     path.parent.mkdir(parents=True, exist_ok=True)
     encoded = io.BytesIO()

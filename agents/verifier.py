@@ -35,6 +35,7 @@ from clinisynth.evaluation.memorisation import (
     ThumbnailEmbedder,
     max_similarity,
 )
+from clinisynth.evaluation.images import grey_image
 from clinisynth.evaluation.sanity import SanityThresholds, check_image
 
 Failure = Literal["finding", "quality", "memorised", "duplicate"]
@@ -146,24 +147,11 @@ class Refinement:
     action: str = ""
 
 
-def _grey_array(image) -> np.ndarray:
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("L"))
-    return np.asarray(image)
-
-
 def thumbnail_data_uri(image, *, size: int = 64) -> str:
     """A small PNG of ``image`` as a ``data:image/png;base64,...`` URI, for traces."""
     from PIL import Image
 
-    if isinstance(image, np.ndarray):
-        array = image
-        if np.issubdtype(array.dtype, np.floating):
-            array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255).round().astype(np.uint8)
-        image = Image.fromarray(array.astype(np.uint8))
-    thumb = image.convert("L")
+    thumb = grey_image(image)
     thumb.thumbnail((size, size), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     thumb.save(buffer, format="PNG")

@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from clinisynth.evaluation.images import grey_image
+
 CONFIG_NAME = "classifier_config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_JSON_NAME = "card.json"
@@ -127,26 +129,21 @@ def build_model(arch: str, *, num_classes: int, in_chans: int = 1, pretrained: s
 def grey_array(image, *, image_size: int) -> np.ndarray:
     """One image (PIL image or numpy array) as an ``(image_size, image_size)`` uint8 grey array.
 
-    Colour is averaged to grey (PIL's ``L`` conversion); floats are read as [0, 1]; the image is resized
+    Colour becomes luma (:func:`clinisynth.evaluation.images.grey`, as PIL's ``L``); floats are read as [0, 1]; the image is resized
     with bilinear filtering (non-square images are stretched, so feed square images).
     """
     from PIL import Image
 
     if isinstance(image, np.ndarray):
         array = image
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[..., 0]
         if np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all():
                 raise ClassifierError("image contains NaN or infinite values; run the sanity check first")
-            array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         elif array.dtype != np.uint8:
             raise ClassifierError(f"integer images must be uint8, got {array.dtype}; scale them to 0..255 first")
-        image = Image.fromarray(array)
     elif not isinstance(image, Image.Image):
         raise ClassifierError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
-    if image.mode != "L":
-        image = image.convert("RGB").convert("L") if image.mode not in ("I", "I;16", "F") else image.convert("L")
+    image = grey_image(image)
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clinisynth.evaluation.images import grey
+
 HASH_SIZE = 8
 _DCT_SIZE = 32
 THUMB_SIZE = 16
@@ -45,8 +47,7 @@ _DCT = _dct_matrix(_DCT_SIZE)
 def _resized_grey(image: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    if image.ndim == 3:
-        image = image[..., :3].mean(axis=2) if image.shape[2] >= 3 else image[..., 0]
+    image = grey(image)
     if image.dtype != np.uint8:
         values = image.astype(np.float64)
         low, high = float(values.min()), float(values.max())

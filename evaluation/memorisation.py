@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from clinisynth.evaluation.images import grey_image
+
 INDEX_NAME = "index.faiss"
 KEYS_NAME = "keys.json"
 META_NAME = "meta.json"
@@ -56,12 +58,7 @@ class ThumbnailEmbedder:
     def embed_one(self, image) -> np.ndarray:
         from PIL import Image
 
-        if isinstance(image, np.ndarray):
-            array = image
-            if np.issubdtype(array.dtype, np.floating):
-                array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-            image = Image.fromarray(array.astype(np.uint8))
-        grey = image.convert("L").resize((self.size, self.size), Image.Resampling.BOX)
+        grey = grey_image(image).resize((self.size, self.size), Image.Resampling.BOX)
         vector = np.asarray(grey, dtype=np.float32).ravel()
         vector = vector - vector.mean()
         norm = float(np.linalg.norm(vector))

@@ -22,9 +22,11 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from clinisynth.evaluation.images import grey_unit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Fewest images per side for a Frechet distance (a 2-image covariance is all noise; below 10 it is not reported).
@@ -101,17 +103,45 @@ def _csv_columns(path: Path) -> list[str]:
         return next(csv.reader(stream), [])
 
 
-def _read_prepared(directory: Path, manifest: Path) -> list[ImageRecord]:
-    records = []
+#: The manifest ``clinisynth prepare`` writes (``path,text,modality,label,source_sha256,width,height``).
+MANIFEST_NAME = "manifest.csv"
+
+
+def read_manifest_rows(directory: Path | str, *, required: Sequence[str] = ("path", "label")) -> list[dict[str, Any]]:
+    """The rows of a prepared dataset's ``manifest.csv``: the one reader of prepared manifests.
+
+    :func:`read_image_set` here and ``clinisynth.training.data.read_manifest`` build their records from it.
+    Every value is stripped, ``path`` is made absolute (it is relative to ``directory`` in the file) and
+    ``line`` is the row's line number in the file.
+
+    Args:
+        directory: the prepared dataset folder.
+        required: columns the header must have.
+
+    Raises:
+        DatasetError: no manifest, a required column missing, or a row with an empty ``path`` or ``label``.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        raise DatasetError(f"no {MANIFEST_NAME} in {directory}: prepare the data first with `clinisynth prepare`")
+    rows = []
     with manifest.open(newline="", encoding="utf-8") as stream:
-        for number, row in enumerate(csv.DictReader(stream), start=2):
+        reader = csv.DictReader(stream)
+        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{manifest} lacks column(s) {missing}; expected {', '.join(required)}")
+        for number, row in enumerate(reader, start=2):
+            row = {key: (value or "").strip() for key, value in row.items() if key is not None}
             if not row.get("path") or not row.get("label"):
                 raise DatasetError(f"{manifest} line {number}: empty 'path' or 'label'")
-            records.append(
-                ImageRecord(path=(directory / row["path"]).resolve(), label=row["label"],
-                            modality=row.get("modality") or None, group=row.get("source_sha256") or None)
-            )
-    return records
+            rows.append({**row, "path": (directory / row["path"]).resolve(), "line": number})
+    return rows
+
+
+def _read_prepared(directory: Path, manifest: Path) -> list[ImageRecord]:
+    return [ImageRecord(path=row["path"], label=row["label"], modality=row.get("modality") or None,
+                        group=row.get("source_sha256") or None) for row in read_manifest_rows(directory)]
 
 
 def _read_storage(directory: Path, metadata: Path) -> list[ImageRecord]:
@@ -144,19 +174,23 @@ def _read_plain(directory: Path) -> list[ImageRecord]:
     return records
 
 
-def grouped_stratified_split(records: Sequence[ImageRecord], *, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def grouped_stratified_split(records: Sequence, *, fraction: float, seed: int,
+                             group: Callable[[Any], str | None] = lambda record: record.group,
+                             ) -> tuple[list[int], list[int]]:
     """Indices ``(kept, split_off)``: about ``fraction`` of each label's groups go to ``split_off``.
 
-    A group is the records sharing a ``group`` (source file hash; a record without one is its own
-    group) and is never split, even when its copies carry different labels (it is stratified under its
-    first record's label). Every label with at least two groups keeps at least one group on each side.
+    The one train / held-out splitter (the classifier, the downstream evaluation and diffusion training
+    use it). A group is the records sharing ``group(record)`` (the prepared manifest's ``source_sha256``:
+    frames and copies of one source file; a record without one is its own group) and is never split, even
+    when its copies carry different labels (it is stratified under its first record's label). Every label
+    with at least two groups keeps at least one group on each side. Records need a ``label``.
     """
     if not 0.0 < fraction < 1.0:
         raise DatasetError(f"split fraction must be between 0 and 1 (exclusive), got {fraction}")
     rng = np.random.default_rng(seed)
     groups: dict[str, list[int]] = {}
     for index, record in enumerate(records):
-        groups.setdefault(record.group or f"#{index}", []).append(index)
+        groups.setdefault(group(record) or f"#{index}", []).append(index)
     by_label: dict[str, list[list[int]]] = {}
     for members in groups.values():
         by_label.setdefault(records[members[0]].label, []).append(members)
@@ -298,15 +332,6 @@ def ms_ssim_scales(side: int, *, kernel_size: int = 11) -> int:
     return 0
 
 
-def _grey_float(image) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        array = image.astype(np.float64)
-        if array.ndim == 3:
-            array = array[..., :3].mean(axis=2)
-        return array / 255.0 if image.dtype == np.uint8 else array
-    return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
-
-
 def mean_pairwise_ms_ssim(images: Sequence, *, max_images: int = 16, seed: int = 0) -> dict[str, Any]:
     """Mean MS-SSIM over all pairs of ``images`` (grey, one size); higher means more alike (less diverse).
 
@@ -320,7 +345,7 @@ def mean_pairwise_ms_ssim(images: Sequence, *, max_images: int = 16, seed: int =
 
     if len(images) < 2:
         return not_computable(f"needs at least 2 images, has {len(images)}")
-    arrays = [_grey_float(image) for image in images]
+    arrays = [grey_unit(image) for image in images]
     shapes = sorted({array.shape for array in arrays})
     if len(shapes) > 1:
         return not_computable(f"images differ in size {shapes}; MS-SSIM compares images of one size")

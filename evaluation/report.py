@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from clinisynth.evaluation.images import grey_uint8
+
 from clinisynth.evaluation.metrics import (
     DatasetError,
     ImageRecord,
@@ -376,7 +378,7 @@ def write_plots(report, synth_records, synth_images, real_records, real_images, 
                 axis = axes[row][column]
                 axis.axis("off")
                 if column < len(images):
-                    axis.imshow(np.asarray(images[column].convert("L")), cmap="gray", vmin=0, vmax=255)
+                    axis.imshow(grey_uint8(images[column]), cmap="gray", vmin=0, vmax=255)
             axes[row][0].set_title(name, fontsize=9, loc="left")
         figure.suptitle(f"{label}: real (top) vs synthetic (bottom)", fontsize=10)
         figure.tight_layout()

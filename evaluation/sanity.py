@@ -17,7 +17,7 @@ names the reason. Checks, in order:
 How values are scaled to [0, 1] before the intensity checks: ``uint8`` and ``bool`` by their
 fixed range; floats by ``value_range`` (or their own min / max when it is ``None``); wider
 integers (``uint16``, ``int16``, ...) by their own min / max, because 12- or 16-bit medical data
-has no fixed black level. Colour images are averaged over channels; an alpha channel is ignored.
+has no fixed black level. Colour images become luma (:func:`clinisynth.evaluation.images.grey`); an alpha channel is ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from clinisynth.evaluation.images import as_array
+from clinisynth.evaluation.images import grey as to_grey
 
 REASONS = ("non_finite", "out_of_range", "too_small", "degenerate_shape", "constant", "blank", "pure_noise")
 
@@ -83,37 +86,6 @@ class SanityResult:
     checks: dict[str, float] = field(default_factory=dict)
 
 
-def _as_array(image) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return image
-    # PIL is optional for callers passing arrays; imported only when handed an image.
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"check_image expects a numpy array or a PIL image, got {type(image).__name__}")
-    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGBA" if "A" in image.mode else "RGB")
-    if image.mode == "1":
-        image = image.convert("L")
-    return np.asarray(image)
-
-
-def _grey(array: np.ndarray) -> np.ndarray:
-    """Drop a trailing alpha channel and average colour channels; shape (H, W)."""
-    if array.ndim == 2:
-        return array
-    if array.ndim == 3 and array.shape[2] in (1, 2, 3, 4):
-        channels = array.shape[2]
-        colour = array[..., : 3 if channels >= 3 else 1]
-        if colour.shape[2] == 1:
-            return colour[..., 0]
-        return colour.astype(np.float64).mean(axis=2)
-    raise ValueError(
-        f"check_image expects an (H, W) or (H, W, C) array with C in 1..4, got shape {array.shape}; "
-        "transpose channel-first (C, H, W) arrays to (H, W, C) first"
-    )
-
-
 def _scaled(grey: np.ndarray, original_dtype: np.dtype, thresholds: SanityThresholds) -> np.ndarray:
     """Map values to [0, 1] as described in the module docstring."""
     if original_dtype == np.uint8:
@@ -167,10 +139,10 @@ def check_image(image, *, thresholds: SanityThresholds | None = None) -> SanityR
         TypeError / ValueError: the input is not an image (wrong type or shape).
     """
     thresholds = thresholds or SanityThresholds()
-    array = _as_array(image)
+    array = as_array(image)
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise TypeError(f"check_image expects a numeric array, got dtype {array.dtype}")
-    grey = _grey(array)
+    grey = to_grey(array)
     checks: dict[str, float] = {}
 
     def fail(reason: str) -> SanityResult:

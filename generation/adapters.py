@@ -21,12 +21,11 @@ recorded base model or text encoder signature differs from the loaded ones.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from clinisynth.generation.files import staged_directory
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -414,10 +413,11 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
         text_config = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v)
                        for k, v in text_encoder_lora_config.to_dict().items()}
         text_config.update(base_model_name_or_path=card.get("text_encoder"), peft_type="LORA")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    def not_an_adapter(existing: Path) -> None:
+        if not (existing / CARD_DATA).is_file():
+            raise AdapterError(f"{existing} exists and is not an adapter; choose another output folder")
+
+    with staged_directory(directory, check_existing=not_an_adapter) as staging:
         save_file({PEFT_PREFIX + k: v for k, v in state.items()}, str(staging / PEFT_WEIGHTS))
         save_file({DIFFUSERS_PREFIX + k: v for k, v in state.items()}, str(staging / DIFFUSERS_WEIGHTS))
         (staging / PEFT_CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
@@ -432,13 +432,6 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
                                                     default=str) + "\n")
         (staging / CARD_TEXT).write_text(card_text or card_markdown(card))
         read_card(staging)  # what we wrote must read back
-        if directory.exists():
-            if not (directory / CARD_DATA).is_file():
-                raise AdapterError(f"{directory} exists and is not an adapter; choose another output folder")
-            shutil.rmtree(directory)
-        os.rename(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

@@ -1,6 +1,6 @@
 """Pictures: contact sheets of images (a run's candidates, training samples) and a training loss curve.
 
-PNG files written atomically (:func:`clinisynth.generation.storage.write_atomically`). Here, in ``generation/``,
+PNG files written atomically (:func:`clinisynth.generation.files.write_atomically`). Here, in ``generation/``,
 so that both ``agents/`` (a run's ``attempts.png``) and ``training/`` may import them (DESIGN.md).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from clinisynth.generation.storage import write_atomically
+from clinisynth.generation.files import write_atomically
 
 
 def plot_loss_curve(path: Path, *, train: list[tuple[int, float]], validation: list[tuple[int, float]],

@@ -27,6 +27,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from clinisynth.generation.files import write_atomically
+
 LOCK_NAME = ".clinisynth.lock"
 COUNTERS_NAME = ".clinisynth_counters.json"
 METADATA_NAME = "metadata.jsonl"
@@ -158,30 +160,6 @@ def _dumps(value: Any, *, what: str, indent: int | None = None) -> str:
         raise StorageError(
             f"{what} cannot be written as JSON: {error} (NaN/inf and custom objects are refused)"
         ) from error
-
-
-def _fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _append_durably(path: Path, data: bytes) -> None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+
+from clinisynth.generation.files import staged_directory
 
 #: Bump when the build below changes in a way the configs do not show.
 TINY_FORMAT_VERSION = 2
@@ -122,21 +121,14 @@ def ensure_tiny_pipeline(cache_dir: Path, *, seed: int = 0) -> Path:
     target = tiny_pipeline_dir(cache_dir, seed=seed)
     if (target / _BUILD_RECORD).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    def complete(existing: Path) -> None:
+        if not (existing / _BUILD_RECORD).is_file():
+            raise RuntimeError(f"cannot place the tiny pipeline at {existing}: a folder without {_BUILD_RECORD} is "
+                               f"in the way; delete {existing} and run again")
+
+    # Another process may publish its copy first: keep theirs (replace=False).
+    with staged_directory(target, replace=False, check_existing=complete) as staging:
         _build_into(staging, seed=seed)
-        try:
-            os.rename(staging, target)
-        except OSError as error:
-            # Another process renamed its copy first (the target is a non-empty dir): keep theirs.
-            if not (target / _BUILD_RECORD).is_file():
-                raise RuntimeError(
-                    f"cannot place the tiny pipeline at {target}: a folder without {_BUILD_RECORD} is in the way "
-                    f"({error.strerror}); delete {target} and run again"
-                ) from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -74,7 +74,7 @@ def _slow_fake_build(directory: Path, *, seed: int) -> None:
     import time
 
     # Stands in for the real build (covered above) so the race, not model building, takes the time.
-    directory.mkdir(parents=True)
+    assert directory.is_dir() and not any(directory.iterdir())  # staged_directory hands over an empty folder
     (directory / "model_index.json").write_text(json.dumps({"builder_pid": os.getpid()}))
     time.sleep(0.5)
     (directory / tiny._BUILD_RECORD).write_text(json.dumps({"seed": seed}))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
+
+from clinisynth.generation.files import staged_directory
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_NAME = "state.pt"
@@ -46,17 +46,11 @@ def save_checkpoint(output_dir: Path, *, step: int, state: dict, fingerprint: st
     root = Path(output_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
-    staging = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    # The same step saved again (resume at a checkpoint step) replaces the old one as a whole.
+    with staged_directory(final) as staging:
         torch.save(state, staging / STATE_NAME)
         meta = {"step": step, "fingerprint": fingerprint, "identity": identity}
         (staging / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        if final.exists():  # the same step saved again (resume at a checkpoint step): replace as a whole
-            shutil.rmtree(final)
-        os.rename(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for old in list_checkpoints(output_dir)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final

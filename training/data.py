@@ -7,16 +7,18 @@ step 3000.
 
 from __future__ import annotations
 
-import csv
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST_NAME = "manifest.csv"
+from clinisynth.evaluation.metrics import MANIFEST_NAME, DatasetError, grouped_stratified_split, read_manifest_rows
+
+__all__ = ["MANIFEST_NAME", "REQUIRED_COLUMNS", "ManifestError", "ManifestRecord", "load_images", "read_manifest",
+           "split_records"]
+
 REQUIRED_COLUMNS = ("path", "text", "modality", "label")
 
 
-class ManifestError(ValueError):
+class ManifestError(DatasetError):
     """The dataset directory or its manifest cannot be used for training."""
 
 
@@ -55,20 +57,12 @@ def read_manifest(dataset_dir: Path, *, labels: list[str] | None = None, modalit
     """
     dataset_dir = Path(dataset_dir)
     manifest = dataset_dir / MANIFEST_NAME
-    if not manifest.is_file():
-        raise ManifestError(f"no {MANIFEST_NAME} in {dataset_dir}: prepare the data first with `clinisynth prepare`")
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing_columns = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing_columns:
-            raise ManifestError(f"{manifest} lacks column(s) {missing_columns}; expected {', '.join(REQUIRED_COLUMNS)}")
-        rows = list(reader)
-    records = [
-        ManifestRecord(path=(dataset_dir / row["path"]).resolve(), text=(row.get("text") or "").strip(),
-                       modality=(row.get("modality") or "").strip(), label=(row.get("label") or "").strip(),
-                       source_sha256=(row.get("source_sha256") or "").strip())
-        for row in rows
-    ]
+    try:
+        rows = read_manifest_rows(dataset_dir, required=REQUIRED_COLUMNS)
+    except DatasetError as error:
+        raise ManifestError(str(error)) from None
+    records = [ManifestRecord(path=row["path"], text=row.get("text", ""), modality=row.get("modality", ""),
+                              label=row["label"], source_sha256=row.get("source_sha256", "")) for row in rows]
     if modality is not None:
         records = [r for r in records if r.modality == modality]
     if labels is not None:
@@ -83,9 +77,6 @@ def read_manifest(dataset_dir: Path, *, labels: list[str] | None = None, modalit
         records = records[:limit]
     if not records:
         raise ManifestError(f"{manifest} has no rows for modality={modality!r} labels={labels!r}")
-    blank = [r for r in records if not r.label]
-    if blank:
-        raise ManifestError(f"{len(blank)} row(s) of {manifest} have no label (first: {blank[0].path})")
     missing = [r.path for r in records if not r.path.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:3])
@@ -98,27 +89,27 @@ def read_manifest(dataset_dir: Path, *, labels: list[str] | None = None, modalit
 
 def split_records(records: list[ManifestRecord], *, validation_fraction: float,
                   seed: int) -> tuple[list[ManifestRecord], list[ManifestRecord]]:
-    """Split into (train, validation), stratified by label and seeded (the same split on every resume).
+    """Split into (train, validation), stratified by label, grouped by source and seeded (the same split on
+    every resume, whatever the manifest's row order).
+
+    Images sharing a ``source_sha256`` (the frames and copies of one source file) land on the same side, so the
+    validation loss is never measured on a frame of a training source. The splitter is evaluation's
+    :func:`~clinisynth.evaluation.metrics.grouped_stratified_split`, the one the classifier uses.
 
     Args:
         records: from :func:`read_manifest`.
-        validation_fraction: share held out per label, 0 to 0.5; each label with at least 2 images keeps at least
-            one image in each part when the fraction is above 0.
+        validation_fraction: share of each label's sources held out, 0 to 0.5; each label with at least 2
+            sources keeps at least one on each side when the fraction is above 0.
         seed: shuffling seed.
     """
     if not 0 <= validation_fraction <= 0.5:
         raise ValueError(f"validation_fraction must be from 0 to 0.5, got {validation_fraction}")
-    train: list[ManifestRecord] = []
-    validation: list[ManifestRecord] = []
-    for label in sorted({r.label for r in records}):
-        group = sorted((r for r in records if r.label == label), key=lambda r: str(r.path))
-        random.Random(f"{seed}-{label}").shuffle(group)
-        count = round(len(group) * validation_fraction)
-        if validation_fraction > 0 and len(group) >= 2:
-            count = min(max(count, 1), len(group) - 1)
-        validation.extend(group[:count])
-        train.extend(group[count:])
-    return train, validation
+    ordered = sorted(records, key=lambda record: str(record.path))
+    if validation_fraction == 0:
+        return ordered, []
+    train, validation = grouped_stratified_split(ordered, fraction=validation_fraction, seed=seed,
+                                                 group=lambda record: record.source_sha256 or None)
+    return [ordered[i] for i in train], [ordered[i] for i in validation]
 
 
 def load_images(records: list[ManifestRecord], *, resolution: int):

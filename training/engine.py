@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from clinisynth.training.checkpoints import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from clinisynth.generation.files import write_atomically
 from clinisynth.generation.plots import contact_sheet, plot_loss_curve
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -495,9 +495,7 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
     }
     if accelerator.is_main_process:
-        tmp = out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out / "metrics.json")
+        write_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -11,11 +11,13 @@ and saved alongside.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 from clinisynth.generation.adapters import DEFAULT_TARGET_MODULES, TEXT_ENCODER_TARGET_MODULES
+from clinisynth.generation.files import write_atomically
 from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
 from clinisynth.training.data import load_images, read_manifest, split_records
 from clinisynth.training.engine import (
@@ -275,9 +277,9 @@ def _class_images(folder: Path, *, profile, tokenizer, text_encoder, pipeline, d
         for item in generator.generate(prompt=prompt, negative_prompt="", seeds=[10_000 + i for i in todo],
                                        steps=steps, guidance=profile.default_guidance):
             target = paths[item.seed - 10_000]
-            tmp = target.with_name(f".{target.name}.tmp.png")
-            item.image.save(tmp)
-            tmp.replace(target)
+            encoded = io.BytesIO()
+            item.image.save(encoded, format="PNG")
+            write_atomically(target, encoded.getvalue())
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((profile.resolution,) * 2), dtype=np.uint8)
               for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0

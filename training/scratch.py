@@ -10,12 +10,11 @@ packaged MiniLM), so no projection is needed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable
 
+from clinisynth.generation.files import staged_directory
 from clinisynth.generation.profiles import GENERATOR_RECORD
 from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
 from clinisynth.training.data import load_images, read_manifest, split_records
@@ -180,9 +179,11 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                            identity=identity, sample_images=sample_images, sample_labels=sample_labels, log=log)
 
     final = Path(pipeline_dir) if pipeline_dir is not None else out / "pipeline"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    def not_a_generator(existing: Path) -> None:
+        if not (existing / GENERATOR_RECORD).is_file():
+            raise FileExistsError(f"{existing} exists and is not a clinisynth generator; choose another --pipeline-dir")
+
+    with staged_directory(final, check_existing=not_a_generator) as staging:
         build_pipeline().save_pretrained(str(staging), safe_serialization=True)
         record = {
             "kind": "scratch", "modality": modality, "text_encoder": _portable_name(text_encoder),
@@ -200,14 +201,6 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         for picture in RUN_PICTURES:  # the model travels with its own evidence
             if (out / picture).is_file():
                 shutil.copy2(out / picture, staging / picture)
-        if final.exists():
-            if not (final / GENERATOR_RECORD).is_file():
-                raise FileExistsError(f"{final} exists and is not a clinisynth generator; choose another "
-                                      "--pipeline-dir")
-            shutil.rmtree(final)
-        os.rename(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log(f"pipeline saved to {final}")
     return final
 

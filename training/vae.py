@@ -8,13 +8,12 @@ Diffusion. The saved folder loads with ``AutoencoderKL.from_pretrained``; its ``
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
+from clinisynth.generation.files import staged_directory, write_atomically
+from clinisynth.generation.plots import contact_sheet, plot_loss_curve
 from clinisynth.training.checkpoints import (
     list_checkpoints,
     load_checkpoint,
@@ -23,7 +22,6 @@ from clinisynth.training.checkpoints import (
     save_checkpoint,
 )
 from clinisynth.training.data import load_images, read_manifest, split_records
-from clinisynth.generation.plots import contact_sheet, plot_loss_curve
 
 
 def small_vae_config(*, resolution: int, channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4) -> dict:
@@ -145,20 +143,14 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         std = float(vae.encode(sample).latent_dist.mean.std())
     vae.register_to_config(scaling_factor=1.0 / std)
     final = out / "vae"
-    staging = out / f".vae.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_directory(final) as staging:
         vae.save_pretrained(str(staging), safe_serialization=True)
         metrics = {"steps": step, "final_validation_mse": val_loss[-1][1], "scaling_factor": 1.0 / std,
                    "train_images": len(train_records), "validation_images": len(val_records),
                    "seconds": round(time.perf_counter() - began, 1)}
         (staging / "clinisynth_vae.json").write_text(json.dumps({**metrics, "identity": identity}, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    (out / "metrics.json").write_text(json.dumps({**metrics, "train_loss": train_loss, "validation_loss": val_loss},
-                                                 indent=2) + "\n")
+    write_atomically(out / "metrics.json", json.dumps({**metrics, "train_loss": train_loss, "validation_loss": val_loss},
+                                                      indent=2) + "\n")
     log(f"VAE saved to {final} (scaling_factor {1.0 / std:.4f})")
     return final
 

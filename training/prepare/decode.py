@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clinisynth.evaluation.images import as_array
+
 from clinisynth.evaluation.sanity import SanityThresholds, check_image
 
 RASTER_EXTENSIONS = frozenset(
@@ -98,7 +100,7 @@ def _pil_frame_to_array(frame) -> np.ndarray:
     if mode in ("L", "RGB"):
         return np.asarray(frame).copy()
     if mode == "1":
-        return np.asarray(frame.convert("L")).copy()
+        return as_array(frame).copy()
     if mode == "LA":
         return np.asarray(frame.getchannel("L")).copy()
     if mode.startswith("I") or mode == "F":

@@ -2,7 +2,7 @@
 
 Order of work: check every input and option (errors before anything is written), open OUT
 (marker + journal), decode the pending sources in worker processes, and in this process alone
-decide duplicates, write PNGs (temp file + ``os.replace``), append the journal, and rebuild the
+decide duplicates, write PNGs (``generation.files.write_atomically``), append the journal, and rebuild the
 CSVs and reports atomically. See ``state.py`` for what makes a re-run resume.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from clinisynth.evaluation.hashing import NearDuplicateIndex
 from clinisynth.evaluation.sanity import SanityThresholds
+from clinisynth.generation.files import write_atomically
 from clinisynth.training.prepare.discover import (
     Discovery,
     PrepareInputError,
@@ -30,7 +31,7 @@ from clinisynth.training.prepare.discover import (
 )
 from clinisynth.training.prepare.labels import LabelError, load_label_map
 from clinisynth.training.prepare.report import write_outputs
-from clinisynth.training.prepare.state import RunState, atomic_write_bytes, remove_stale_temp_files
+from clinisynth.training.prepare.state import RunState, remove_stale_temp_files
 from clinisynth.training.prepare.worker import ItemResult, WorkSettings, process_item
 
 LABEL_SOURCES = ("folders", "csv")
@@ -296,7 +297,7 @@ def _decide(result: ItemResult, item: SourceItem, caption: str, state: RunState,
                 relative = f"{item.label}/{frame_id}.png"
                 target = out / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(target, frame.png)
+                write_atomically(target, frame.png)
                 dedup.add(frame_id, item.label, frame.pixel_sha256, frame.phash, frame.thumb, result.source_sha256)
                 entry.update(
                     status="kept",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clinisynth.training.prepare.state import CONTACT_DIR, JOURNAL, MARKER, SENSITIVE_DIR, SOURCE_MAP, atomic_write_bytes, atomic_write_text
+from clinisynth.generation.files import write_atomically
+from clinisynth.training.prepare.state import CONTACT_DIR, JOURNAL, MARKER, SENSITIVE_DIR, SOURCE_MAP
 
 MANIFEST_COLUMNS = ("path", "text", "modality", "label", "source_sha256", "width", "height")
 QUARANTINE_COLUMNS = ("id", "label", "reason", "value", "detail", "source_sha256")
@@ -232,7 +233,7 @@ def write_contact_sheets(out: Path, manifest: list[dict], *, mode: str) -> list[
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
-        atomic_write_bytes(target, buffer.getvalue())
+        write_atomically(target, buffer.getvalue())
         written.append(target)
     return written
 
@@ -241,14 +242,14 @@ def write_outputs(out: Path, records: dict[str, dict], *, context: dict, run: di
     """Write manifest, quarantine, duplicates, source map and reports (and contact sheets when ``final``)."""
     config = context["config"]
     manifest, quarantine, duplicates, source_map = _rows(records, config.size)
-    atomic_write_text(out / "manifest.csv", _csv_text(MANIFEST_COLUMNS, manifest))
-    atomic_write_text(out / "quarantine.csv", _csv_text(QUARANTINE_COLUMNS, quarantine))
-    atomic_write_text(out / "duplicates.csv", _csv_text(DUPLICATE_COLUMNS, duplicates))
-    atomic_write_text(out / SENSITIVE_DIR / SOURCE_MAP, _csv_text(("id", "source", "frame", "status", "output"), source_map))
+    write_atomically(out / "manifest.csv", _csv_text(MANIFEST_COLUMNS, manifest))
+    write_atomically(out / "quarantine.csv", _csv_text(QUARANTINE_COLUMNS, quarantine))
+    write_atomically(out / "duplicates.csv", _csv_text(DUPLICATE_COLUMNS, duplicates))
+    write_atomically(out / SENSITIVE_DIR / SOURCE_MAP, _csv_text(("id", "source", "frame", "status", "output"), source_map))
     report = build_report(records, context=context, run={**run, "complete": final}, manifest=manifest, quarantine=quarantine, duplicates=duplicates)
     report["complete"] = final
     if final:
         write_contact_sheets(out, manifest, mode=config.mode)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", render_markdown(report))
+    write_atomically(out / "report.json", json.dumps(report, indent=2))
+    write_atomically(out / "report.md", render_markdown(report))
     return report

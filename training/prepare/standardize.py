@@ -6,22 +6,23 @@ import io
 
 import numpy as np
 
+from clinisynth.evaluation.images import grey
+
 CHANNEL_MODES = ("L", "RGB")
 
 
 def apply_channel_policy(frame: np.ndarray, *, mode: str) -> np.ndarray:
-    """``L``: colour becomes ITU-R 601-2 luma (Pillow's ``convert("L")``); ``RGB``: grey is repeated.
+    """``L``: colour becomes ITU-R 601-2 luma (:func:`clinisynth.evaluation.images.grey`, exactly Pillow's
+    ``convert("L")``); ``RGB``: grey is repeated.
 
     Args:
         frame: uint8 (H, W) or (H, W, 3).
         mode: ``L`` or ``RGB``.
     """
-    from PIL import Image
-
     if mode not in CHANNEL_MODES:
         raise ValueError(f"mode must be one of {CHANNEL_MODES}, got {mode!r}")
     if mode == "L":
-        return frame if frame.ndim == 2 else np.asarray(Image.fromarray(frame, mode="RGB").convert("L"))
+        return grey(frame)
     return np.repeat(frame[..., None], 3, axis=2) if frame.ndim == 2 else frame
 
 

@@ -1,4 +1,4 @@
-"""The OUT folder's bookkeeping: layout, the run marker, the journal, atomic writes.
+"""The OUT folder's bookkeeping: layout, the run marker, the journal, leftovers of killed writes.
 
 ``OUT/_sensitive/`` holds everything that can name a source (paths, the id secret); the rest of
 OUT is free of source names and DICOM header values. The journal (``journal.jsonl``) gets one
@@ -15,6 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
+from clinisynth.generation.files import TMP_SUFFIX, write_atomically
 from clinisynth.training.prepare.discover import PrepareInputError
 
 SENSITIVE_DIR = "_sensitive"
@@ -22,26 +23,13 @@ CONTACT_DIR = "_contact_sheets"
 MARKER = "prepare.json"
 JOURNAL = "journal.jsonl"
 SOURCE_MAP = "source_map.csv"
-TMP_SUFFIX = ".tmp"
 MARKER_VERSION = 1
 # Files and folders a prepare run writes at the top of OUT; anything else there means OUT is not ours.
 OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a hidden temp file beside ``path``, then ``os.replace``: readers never see half a file."""
-    temp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with temp.open("wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def remove_stale_temp_files(out: Path) -> int:
-    """Delete temp files a killed run left behind; returns how many."""
+    """Delete the temp files of :func:`~clinisynth.generation.files.write_atomically` a killed run left; how many."""
     removed = 0
     for temp in out.rglob(f".*{TMP_SUFFIX}"):
         temp.unlink()
@@ -106,7 +94,7 @@ class RunState:
                 "secret": self.secret.hex(),
                 "note": "SENSITIVE: names the source; the secret links opaque ids to source paths. Do not share.",
             }
-            atomic_write_text(marker_path, json.dumps(marker, indent=2))
+            write_atomically(marker_path, json.dumps(marker, indent=2))
         self._load_journal()
 
     def _load_journal(self) -> None:
