@@ -175,11 +175,7 @@ def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
                 attempt["thumbnail"] = thumbnail_data_uri(image)
             verdicts.append(verdict)
             embeddings.append(verdict.embedding)
-            record = verdict.to_dict()
-            attempt.update(scores=record["scores"], reasons=record["reasons"], failure=record["failure"],
-                           failures=record["failures"], confused_label=record["confused_label"],
-                           notes=record["notes"], verify_s=round(verdict.elapsed_s, 4),
-                           verdict="accepted" if verdict.accepted else "rejected")
+            attempt.update(verdict.to_dict(), verdict="accepted" if verdict.accepted else "rejected")
         chosen = best_of(verdicts)
         for index, (attempt, verdict) in enumerate(zip(candidates, verdicts)):
             if verdict.accepted and index != chosen:
@@ -204,17 +200,6 @@ def _finding_term(plan: Plan) -> str:
     return plan.label.replace("_", " ")
 
 
-def _merged_verdict(verdicts: list):
-    """One rejected verdict for a slot whose best-of-N candidates all failed: every failure seen counts."""
-    from clinisynth.agents.verifier import FAILURE_PRIORITY, Verdict
-
-    failures = tuple(kind for kind in FAILURE_PRIORITY if any(kind in v.failures for v in verdicts))
-    confused = next((v.confused_label for v in verdicts if v.confused_label), None)
-    first = verdicts[0]
-    return Verdict(accepted=False, scores=first.scores, reasons=[r for v in verdicts for r in v.reasons],
-                   failure=failures[0], failures=failures, confused_label=confused)
-
-
 @traced("refine", reads=("round", "slot_settings"))
 def refine(state: GraphState, runtime: Runtime[Services]) -> dict:
     """Pick each unfilled slot's next settings from why its candidates failed (issue 6's mapping).
@@ -232,7 +217,7 @@ def refine(state: GraphState, runtime: Runtime[Services]) -> dict:
         failed = [a for a in attempts if a["slot"] == slot and a["round"] == state.round and a["verdict"] == "rejected"]
         if not failed:
             continue
-        verdict = _merged_verdict([Verdict.from_dict({**a, "accepted": False}) for a in failed])
+        verdict = Verdict.merged([Verdict.from_dict(a) for a in failed])
         current = state.settings_for(slot)
         refinement = refinement_for(verdict, steps=current.steps, guidance=current.guidance,
                                     negative_prompt=current.negative_prompt, finding=finding, prompt=current.prompt)

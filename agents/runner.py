@@ -16,6 +16,7 @@ from clinisynth.agents.graph import build_graph, recursion_limit
 from clinisynth.agents.planner import PlanError, Planner
 from clinisynth.agents.state import GraphState
 from clinisynth.agents.verifier import Verifier
+from clinisynth.generation import limits
 
 TRACE_FORMAT = 1
 
@@ -61,10 +62,6 @@ def new_run_id() -> str:
     return f"{when}.{micros:06d}Z-{secrets.token_hex(4)}"
 
 
-#: Most best-of-N candidates per slot and round (seeds stay distinct up to this many, see nodes.attempt_seed).
-MAX_BEST_OF = 16
-
-
 def validate_run_arguments(
     *, n_images: int, steps: int | None, guidance: float | None, max_rounds: int, max_images: int, best_of: int = 1
 ) -> None:
@@ -73,14 +70,14 @@ def validate_run_arguments(
         raise PlanError(f"-n must be at least 1, got {n_images}")
     if n_images > max_images:
         raise PlanError(f"-n is {n_images}, more than the limit of {max_images}; raise CLINISYNTH_MAX_IMAGES")
-    if steps is not None and not 1 <= steps <= 1000:
-        raise PlanError(f"--steps must be between 1 and 1000, got {steps}")
-    if guidance is not None and not 0.0 <= guidance <= 30.0:
-        raise PlanError(f"--guidance must be between 0 and 30, got {guidance}")
-    if not 1 <= max_rounds <= 20:
-        raise PlanError(f"--max-rounds must be between 1 and 20, got {max_rounds}")
-    if not 1 <= best_of <= MAX_BEST_OF:
-        raise PlanError(f"--best-of must be between 1 and {MAX_BEST_OF}, got {best_of}")
+    if steps is not None and not limits.MIN_STEPS <= steps <= limits.MAX_STEPS:
+        raise PlanError(f"--steps must be between {limits.MIN_STEPS} and {limits.MAX_STEPS}, got {steps}")
+    if guidance is not None and not limits.MIN_GUIDANCE <= guidance <= limits.MAX_GUIDANCE:
+        raise PlanError(f"--guidance must be between {limits.MIN_GUIDANCE:g} and {limits.MAX_GUIDANCE:g}, got {guidance}")
+    if not limits.MIN_ROUNDS <= max_rounds <= limits.MAX_ROUNDS:
+        raise PlanError(f"--max-rounds must be between {limits.MIN_ROUNDS} and {limits.MAX_ROUNDS}, got {max_rounds}")
+    if not limits.MIN_BEST_OF <= best_of <= limits.MAX_BEST_OF:
+        raise PlanError(f"--best-of must be between {limits.MIN_BEST_OF} and {limits.MAX_BEST_OF}, got {best_of}")
 
 
 def run_generation(

@@ -27,6 +27,8 @@ class Attempt(BaseModel):
     candidate: int = 0
     elapsed_s: float = 0.0
     verdict: AttemptVerdict = "pending"
+    # The verifier's verdict, stored whole (``Verdict.to_dict()``; ``Verdict.from_dict(attempt)`` reads it back).
+    accepted: bool | None = None
     reasons: list[str] = Field(default_factory=list)
     failure: str | None = None
     failures: list[str] = Field(default_factory=list)

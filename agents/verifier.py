@@ -37,6 +37,7 @@ from clinisynth.evaluation.memorisation import (
 )
 from clinisynth.evaluation.images import grey_image
 from clinisynth.evaluation.sanity import SanityThresholds, check_image
+from clinisynth.generation.limits import MAX_GUIDANCE, MAX_STEPS
 
 Failure = Literal["finding", "quality", "memorised", "duplicate"]
 #: When several signals fail, the verdict's ``failure`` is the first of these present.
@@ -110,18 +111,34 @@ class Verdict:
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-native form for graph state and traces (the embedding is left out: :meth:`Verifier.embed` remakes it)."""
+        """JSON-native form, stored whole in an attempt of the graph state and the trace.
+
+        The keys are the attempt's verdict fields (``verify_s`` is :attr:`elapsed_s`, named apart from the
+        attempt's generation time); the embedding is left out (:meth:`Verifier.embed` remakes it).
+        """
         return {"accepted": self.accepted, "scores": self.scores, "reasons": list(self.reasons), "failure": self.failure,
                 "failures": list(self.failures), "confused_label": self.confused_label, "notes": list(self.notes),
-                "elapsed_s": self.elapsed_s}
+                "verify_s": round(self.elapsed_s, 4)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Verdict":
-        """Inverse of :meth:`to_dict` (without the embedding)."""
-        return cls(accepted=data["accepted"], scores=dict(data["scores"]), reasons=list(data["reasons"]),
+        """Inverse of :meth:`to_dict` (without the embedding); extra keys (the rest of an attempt) are ignored."""
+        return cls(accepted=bool(data["accepted"]), scores=dict(data["scores"]), reasons=list(data["reasons"]),
                    failure=data["failure"], failures=tuple(data.get("failures", ())),
                    confused_label=data.get("confused_label"), notes=list(data.get("notes", [])),
-                   elapsed_s=float(data.get("elapsed_s", 0.0)))
+                   elapsed_s=float(data.get("verify_s", 0.0)))
+
+    @classmethod
+    def merged(cls, verdicts: Sequence["Verdict"]) -> "Verdict":
+        """One rejected verdict for a slot whose best-of-N candidates all failed: every failure seen counts."""
+        if not verdicts or any(verdict.accepted for verdict in verdicts):
+            raise ValueError("Verdict.merged needs one or more rejected verdicts")
+        failures = tuple(kind for kind in FAILURE_PRIORITY if any(kind in v.failures for v in verdicts))
+        confused = next((v.confused_label for v in verdicts if v.confused_label), None)
+        return cls(accepted=False, scores=verdicts[0].scores, reasons=[r for v in verdicts for r in v.reasons],
+                   failure=failures[0], failures=failures, confused_label=confused,
+                   notes=list(verdicts[0].notes),
+                   elapsed_s=sum(v.elapsed_s for v in verdicts))
 
 
 @dataclass(frozen=True)
@@ -343,9 +360,9 @@ def refinement_for(
     finding: str | None = None,
     prompt: str | None = None,
     guidance_step: float = 1.5,
-    max_guidance: float = 30.0,
+    max_guidance: float = MAX_GUIDANCE,
     steps_factor: float = 1.5,
-    max_steps: int = 1000,
+    max_steps: int = MAX_STEPS,
 ) -> Refinement:
     """The next attempt's settings from why ``verdict`` failed (issue 6's mapping).
 
@@ -450,8 +467,10 @@ def build_verifier(
     cache_dir: Path | str | None = None,
     thresholds: dict[str, ModalityThresholds] | ModalityThresholds | None = None,
     device: str = "cpu",
+    unavailable: dict[str, str] | None = None,
 ) -> Verifier:
-    """Load what is available and record why the rest is not (never a random-weights stand-in).
+    """The run's verifier, complete: load what is available and record why the rest is not (never a
+    random-weights stand-in). Nothing is changed on it afterwards.
 
     Args:
         classifier_dirs: per modality, a trained classifier directory.
@@ -460,6 +479,8 @@ def build_verifier(
         cache_dir: where memorisation indexes are cached (required with ``training_images``).
         thresholds: as :class:`Verifier`.
         device: torch device of the models.
+        unavailable: signal -> why the caller leaves it out (e.g. no classifier for a random-weights
+            generator); these reasons win over the ones found here.
 
     Raises:
         ClassifierError: a named classifier directory cannot be loaded (a configuration error, not a
@@ -467,18 +488,18 @@ def build_verifier(
     """
     from clinisynth.evaluation.classifier import Classifier
 
-    unavailable: dict[str, str] = {}
+    found_unavailable: dict[str, str] = {}
     classifiers = {modality: Classifier.load(path, device=device) for modality, path in (classifier_dirs or {}).items()}
     clip_scorer = None
     if clip_model is None:
-        unavailable["clip_score"] = "no CLIP model configured"
+        found_unavailable["clip_score"] = "no CLIP model configured"
     else:
         from clinisynth.evaluation.clip_score import ClipScorer, ClipUnavailable
 
         try:
             clip_scorer = ClipScorer.from_pretrained(clip_model, device=device)
         except ClipUnavailable as error:
-            unavailable["clip_score"] = str(error)
+            found_unavailable["clip_score"] = str(error)
     memorisation = {}
     embedder = ThumbnailEmbedder()
     if training_images:
@@ -490,7 +511,7 @@ def build_verifier(
             memorisation[modality] = build_or_load_index(list(paths), cache_dir=Path(cache_dir) / "memorisation",
                                                          embedder=embedder)
     return Verifier(thresholds, classifiers=classifiers, clip_scorer=clip_scorer, memorisation=memorisation,
-                    embedder=embedder, unavailable=unavailable)
+                    embedder=embedder, unavailable={**found_unavailable, **(unavailable or {})})
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from clinisynth.agents.reasoning.engine import DEFAULT_RETRIEVAL_THRESHOLD
+from clinisynth.generation.limits import MAX_BEST_OF, MAX_ROUNDS, MIN_BEST_OF, MIN_ROUNDS
 from clinisynth.retrieval.embedder import PACKAGED_MINILM
 
 
@@ -48,9 +49,9 @@ class Settings(BaseSettings):
     full_generator: str | None = Field(default=None, description="hub id or dir of the SD 1.x/2.x pipeline (full)")
     full_text_encoder: str | None = Field(default=None, description="hub id or dir of the BERT-family encoder (full)")
     max_request_chars: int = Field(default=4000, ge=1, description="longest accepted description")
-    max_rounds: int = Field(default=3, ge=1, le=20, description="generate/verify/refine rounds before giving up")
+    max_rounds: int = Field(default=3, ge=MIN_ROUNDS, le=MAX_ROUNDS, description="generate/verify/refine rounds before giving up")
     max_images: int = Field(default=1000, ge=1, description="largest -n for one request")
-    best_of: int = Field(default=1, ge=1, le=16, description="candidates per image and round; the best that passes is kept")
+    best_of: int = Field(default=1, ge=MIN_BEST_OF, le=MAX_BEST_OF, description="candidates per image and round; the best that passes is kept")
     classifiers_dir: Path | None = Field(
         default=None, description="folder of verifier classifiers, one sub-folder per modality; the shipped ones when unset")
     clip_model: str | None = Field(

@@ -99,12 +99,14 @@ def training_images(settings: Settings, profile) -> dict[str, list[Path]]:
 
 def build_run_verifier(*, settings: Settings, profile, device: str = "cpu",
                        on_progress: Callable[[str, dict], None] | None = None):
-    """The :class:`~clinisynth.agents.verifier.Verifier` for a run with ``profile``.
+    """The :class:`~clinisynth.agents.verifier.Verifier` for a run with ``profile``, built complete by
+    :func:`~clinisynth.agents.verifier.build_verifier` (the signals left out and why are passed in).
 
     Classifiers are not applied to the ``tiny`` profile: its generator has random weights, so a class
     probability of its output says nothing (the trace names the signal unavailable with this reason).
     """
     from clinisynth.agents.verifier import build_verifier
+    from clinisynth.evaluation.classifier import ClassifierError
     from clinisynth.evaluation.clip_score import BIOMEDCLIP_ID
 
     check_verifier_settings(settings)
@@ -113,16 +115,19 @@ def build_run_verifier(*, settings: Settings, profile, device: str = "cpu",
     if on_progress is not None and images:
         on_progress("verifier", {"message": "memorisation index of " + ", ".join(
             f"{modality} ({len(paths)} images)" for modality, paths in images.items())})
-    verifier = build_verifier(
-        classifier_dirs=classifier_dirs(settings) if profile.name != "tiny" else None,
-        clip_model=clip_model, training_images=images or None, cache_dir=settings.cache_dir,
-        thresholds=thresholds(settings), device=device)
+    left_out: dict[str, str] = {}
     if profile.name == "tiny":
-        verifier.unavailable["classifier"] = ("not applied to the tiny profile: its generator has random weights "
-                                              "(use --profile demo or full for class-checked images)")
+        left_out["classifier"] = ("not applied to the tiny profile: its generator has random weights "
+                                  "(use --profile demo or full for class-checked images)")
     if not images:
-        verifier.unavailable["memorisation"] = _no_training_images_reason(profile)
-    return verifier
+        left_out["memorisation"] = _no_training_images_reason(profile)
+    try:
+        return build_verifier(
+            classifier_dirs=classifier_dirs(settings) if profile.name != "tiny" else None,
+            clip_model=clip_model, training_images=images or None, cache_dir=settings.cache_dir,
+            thresholds=thresholds(settings), device=device, unavailable=left_out)
+    except ClassifierError as error:
+        raise VerifierSetupError(f"a verifier classifier cannot be loaded: {error}") from None
 
 
 def _no_training_images_reason(profile) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from clinisynth.generation.adapters import AdapterError
+from clinisynth.generation.limits import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
 from clinisynth.generation.profiles import (
     ModelNotFoundError,
     ModelProfile,
@@ -21,10 +22,6 @@ from clinisynth.generation.profiles import (
 )
 from clinisynth.generation.text_encoding import encode_text
 
-MAX_STEPS = 1000
-MAX_GUIDANCE = 30.0
-#: ``torch.Generator.manual_seed`` takes 64-bit seeds; JSON readers of the metadata are safer below 2**63.
-MAX_SEED = 2**63 - 1
 
 _DTYPES = {
     "float32": "float32", "fp32": "float32",
@@ -399,8 +396,8 @@ class Generator:
             prompt: non-empty prompt text.
             negative_prompt: text to steer away from under guidance; may be empty.
             seeds: one int per image, 0..2**63-1.
-            steps: sampling steps, 1..1000.
-            guidance: classifier-free guidance scale, 0..30 (at most 1 means no guidance).
+            steps: sampling steps, ``MIN_STEPS..MAX_STEPS`` (:mod:`clinisynth.generation.limits`).
+            guidance: classifier-free guidance scale, ``MIN_GUIDANCE..MAX_GUIDANCE`` (at most 1 means no guidance).
             batch_size: images per diffusion call, at least 1.
             callback: called as ``callback(done, total)`` after each batch.
             scheduler: sampler name for this and later calls (see :meth:`set_scheduler`); unchanged when ``None``.
@@ -452,11 +449,11 @@ def _validate_request(*, prompt, negative_prompt, seeds, steps, guidance, batch_
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"every seed must be an int from 0 to {MAX_SEED}, got {seed!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be an int from 1 to {MAX_STEPS}, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an int from {MIN_STEPS} to {MAX_STEPS}, got {steps!r}")
     if (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance)
-            or not 0 <= guidance <= MAX_GUIDANCE):
-        raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance!r}")
+            or not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE):
+        raise ValueError(f"guidance must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}, got {guidance!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
 
