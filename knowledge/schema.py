@@ -18,6 +18,8 @@ Side = Literal["left", "right", "bilateral"]
 
 ID_PATTERN = re.compile(r"^(anatomy|finding|sign|modality|technique)\.[a-z0-9]+(?:_[a-z0-9]+)*$")
 LABEL_PATTERN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
+#: Lower-case words separated by single spaces: a modality's family and regions ("nuclear medicine").
+WORDS_PATTERN = re.compile(r"^[a-z0-9]+(?: [a-z0-9]+)*$")
 
 
 class Codes(BaseModel):
@@ -60,6 +62,14 @@ class Record(BaseModel):
         technique_text: for modality / technique records, the sentence used in the report's
             Technique section.
         negative_prompt: for modality records, what the generator must avoid.
+        family: for modality records, the family of study it is (``xray``, ``ct``, ``mri``, ``us``: the
+            family words the reasoner recognises, such as "CT" or "ultrasound"). A study named by its
+            family and a region ("CT abdomen") is covered only by the record listing both.
+        regions: for modality records with a ``family``, the body regions it covers (``chest``,
+            ``brain``); a region named without a study's name also votes for these records when the
+            modality is inferred.
+        default_for_family: for modality records with a ``family``, the record a bare family word
+            with no region ("an ultrasound") is read as; one per family at most.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -85,6 +95,9 @@ class Record(BaseModel):
     codes: Codes = Field(default_factory=Codes)
     technique_text: str | None = None
     negative_prompt: str | None = None
+    family: str | None = Field(default=None, pattern=WORDS_PATTERN.pattern)
+    regions: list[str] = Field(default_factory=list)
+    default_for_family: bool = False
 
     @field_validator("id")
     @classmethod
@@ -111,6 +124,16 @@ class Record(BaseModel):
                 raise ValueError("synonyms and abbreviations must not contain blank strings")
         return values
 
+    @field_validator("regions")
+    @classmethod
+    def _region_shape(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not WORDS_PATTERN.match(value):
+                raise ValueError(f"region {value!r} must be lower-case words separated by single spaces")
+        if len(set(values)) != len(values):
+            raise ValueError(f"regions {values} name a region twice")
+        return values
+
     @model_validator(mode="after")
     def _kind_rules(self) -> "Record":
         prefix = self.id.split(".", 1)[0]
@@ -128,6 +151,10 @@ class Record(BaseModel):
             raise ValueError(f"only findings can name enlargement_of anatomy, not {self.id!r}")
         if self.normal and self.kind != "finding":
             raise ValueError(f"only findings can be marked normal, not {self.id!r}")
+        if (self.family or self.regions or self.default_for_family) and self.kind != "modality":
+            raise ValueError(f"only modalities can name a family, regions or default_for_family, not {self.id!r}")
+        if (self.regions or self.default_for_family) and self.family is None:
+            raise ValueError(f"modality {self.id!r} lists regions or default_for_family but names no family")
         return self
 
 

@@ -18,7 +18,8 @@ def integrity_problems(files: list[tuple[Path, KnowledgeFile]]) -> list[str]:
     Checks: ids unique across files; ``modalities``/``visual`` keys point at modality records;
     ``locations`` at anatomy; ``signs`` at signs; ``parent`` at a record of the same kind;
     labels unique per modality among findings; one normal finding at most per modality;
-    no term, synonym or abbreviation claimed by two records of the same kind and modality.
+    no term, synonym or abbreviation claimed by two records of the same kind and modality;
+    no (family, region) covered by two modalities and one ``default_for_family`` at most per family.
     """
     problems: list[str] = []
     all_records = [(path, record) for path, kfile in files for record in kfile.records]
@@ -72,6 +73,20 @@ def integrity_problems(files: list[tuple[Path, KnowledgeFile]]) -> list[str]:
                 if modality in normals:
                     problems.append(f"{_where(path, record)}: {modality} already has normal finding {normals[modality]!r}")
                 normals.setdefault(modality, record.id)
+
+    covered: dict[tuple[str, str], str] = {}
+    defaults: dict[str, str] = {}
+    for path, record in all_records:
+        if record.kind != "modality" or record.family is None:
+            continue
+        for region in record.regions:
+            owner = covered.setdefault((record.family, region), record.id)
+            if owner != record.id:
+                problems.append(f"{_where(path, record)}: {record.family} of the {region} is already covered by {owner!r}")
+        if record.default_for_family:
+            owner = defaults.setdefault(record.family, record.id)
+            if owner != record.id:
+                problems.append(f"{_where(path, record)}: {owner!r} is already the default for the family {record.family!r}")
 
     claimed: dict[tuple[str, str, str], str] = {}
     for path, record in all_records:

@@ -92,6 +92,12 @@ def test_reference_to_wrong_kind_is_reported(data_copy):
          "snake_case"),
         ({"id": "finding.x", "kind": "finding", "term": "x", "label": "x", "colour": "red",
           "modalities": ["modality.oct"]}, "Extra inputs"),
+        ({"id": "finding.x", "kind": "finding", "term": "x", "label": "x", "modalities": ["modality.oct"],
+          "family": "ct"}, "only modalities can name a family"),
+        ({"id": "modality.knee_mri", "kind": "modality", "term": "knee MRI", "label": "knee_mri", "regions": ["knee"]},
+         "names no family"),
+        ({"id": "modality.knee_mri", "kind": "modality", "term": "knee MRI", "label": "knee_mri", "family": "mri",
+          "regions": ["Knee"]}, "lower-case words"),
     ],
 )
 def test_schema_errors_name_file_record_and_problem(data_copy, record, message):
@@ -99,6 +105,24 @@ def test_schema_errors_name_file_record_and_problem(data_copy, record, message):
     with pytest.raises(KnowledgeError, match=message) as caught:
         load_knowledge(data_copy)
     assert path.name in str(caught.value)
+
+
+def test_packaged_modalities_cover_each_family_and_region_once(knowledge):
+    covered = Counter((m.family, region) for m in knowledge.modalities for region in m.regions)
+    assert covered and max(covered.values()) == 1
+    defaults = Counter(m.family for m in knowledge.modalities if m.default_for_family)
+    assert defaults and max(defaults.values()) == 1
+
+
+def test_a_family_and_region_or_family_default_claimed_twice_is_reported(data_copy):
+    _write(data_copy, [{"id": "modality.chest_tomosynthesis", "kind": "modality", "term": "chest tomosynthesis",
+                        "label": "chest_tomosynthesis", "family": "xray", "regions": ["chest"], "default_for_family": True}])
+    with pytest.raises(KnowledgeError) as caught:
+        load_knowledge(data_copy)
+    message = str(caught.value)
+    assert "xray of the chest is already covered by" in message
+    assert "is already the default for the family 'xray'" in message
+    assert "modality.chest_xray" in message and "modality.chest_tomosynthesis" in message
 
 
 def test_not_yaml_is_a_clear_error(data_copy):

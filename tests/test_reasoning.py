@@ -144,6 +144,33 @@ def test_uncovered_modality_is_flagged(reasoner, text):
     assert pathology.modality is None and not pathology.findings
 
 
+def test_covered_studies_come_from_the_modality_records(tmp_path):
+    import shutil
+
+    from clinisynth.agents.reasoning import Reasoner, vocab
+    from clinisynth.knowledge import DEFAULT_DATA_DIR, load_knowledge
+
+    data = tmp_path / "data"
+    shutil.copytree(DEFAULT_DATA_DIR, data)
+    path = data / "modalities.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert text.count("regions: [chest]") == 2 and text.count("family: us\n    regions: [breast]\n    default_for_family: true\n") == 1
+    text = text.replace("family: ct\n    regions: [chest]", "family: ct\n    regions: [chest, abdomen]")
+    text = text.replace("family: us\n    regions: [breast]\n    default_for_family: true\n", "family: us\n    regions: [breast]\n")
+    path.write_text(text, encoding="utf-8")
+    knowledge = load_knowledge(data)
+    for record in knowledge.modalities:  # only words the matchers can produce
+        assert record.family is None or record.family in vocab.FAMILY_WORDS.values()
+        assert set(record.regions) <= set(vocab.REGION_WORDS.values())
+    reasoner = Reasoner(knowledge=knowledge)
+    localization = reasoner.localize("abdominal CT with consolidation")
+    assert localization.modality.id == "modality.chest_ct" and localization.unsupported_modality is None
+    assert "'abdominal CT' read as CT of the chest" in localization.notes
+    # A bare family word with no default_for_family record is no named modality (nor an unsupported one).
+    localization = reasoner.localize("ultrasound: irregular hypoechoic mass")
+    assert localization.modality is None and localization.unsupported_modality is None
+
+
 def test_abbreviation_case_matters(reasoner):
     localization, _, _ = read(reasoner, "chest x-ray on 3 Oct: no effusion")
     assert localization.modality.id == "modality.chest_xray"

@@ -298,15 +298,9 @@ REFERENCE_STUDY_BEFORE = {
 }
 REFERENCE_STUDY_AFTER = {"recommended", "suggested", "advised", "dated", "report"}
 
-#: (family, region) -> the modality label that covers it. Other pairs are unsupported.
-COVERED = {
-    ("xray", "chest"): "chest_xray",
-    ("ct", "chest"): "chest_ct",
-    ("mri", "brain"): "brain_mri",
-    ("us", "breast"): "breast_ultrasound",
-}
-#: A bare family word with no region is read as the one covered modality of that family.
-FAMILY_DEFAULT = {"xray": "chest_xray", "ct": "chest_ct", "mri": "brain_mri", "us": "breast_ultrasound"}
+# Which (family, region) a modality covers, and the modality a bare family word means, are data: the
+# modality records' family / regions / default_for_family (knowledge/data/modalities.yaml).
+
 #: Families that are never covered, whatever the region.
 UNCOVERED_FAMILIES = {"mammography", "pet", "nuclear medicine", "echocardiography", "fluoroscopy", "angiography", "endoscopy", "histopathology"}
 
