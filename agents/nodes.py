@@ -85,7 +85,11 @@ def attempt_seed(*, base: int, slot: int, round_number: int, candidate: int) -> 
 
 @traced("generate", reads=("round", "steps", "guidance", "seed", "best_of", "slot_settings"))
 def generate(state: GraphState, runtime: Runtime[Services]) -> dict:
-    """Draw ``best_of`` candidates for every unfilled slot, each slot with its own (possibly refined) settings."""
+    """Draw ``best_of`` candidates for every unfilled slot, each slot with its own (possibly refined) settings.
+
+    A candidate whose file is already in the run folder (this node was interrupted after saving it, and the
+    run resumed) is taken from the file, not drawn again: its seed decides it.
+    """
     services = runtime.context
     round_number = state.round + 1
     # Slots that share settings are drawn in one generator call (one batch).
@@ -98,36 +102,49 @@ def generate(state: GraphState, runtime: Runtime[Services]) -> dict:
     attempts = list(state.attempts)
     finished = 0
     for (prompt_text, negative_prompt, steps, guidance), jobs in groups.items():
-        seeds = [attempt_seed(base=state.seed, slot=slot, round_number=round_number, candidate=candidate)
-                 for slot, candidate in jobs]
+        paths, elapsed = {}, {}
+        for slot, candidate in jobs:
+            seed = attempt_seed(base=state.seed, slot=slot, round_number=round_number, candidate=candidate)
+            name = f"r{round_number:02d}_slot{slot:04d}_c{candidate:02d}_seed{seed}.png"
+            paths[(slot, candidate)] = (seed, services.run_dir / "candidates" / name)
+        todo = [job for job in jobs if not paths[job][1].is_file()]
+        if todo:
+            def progress(done: int, _total: int, already: int = finished + len(jobs) - len(todo)) -> None:
+                services.on_progress("image", {"round": round_number, "done": already + done, "total": total})
 
-        def progress(done: int, _total: int, already: int = finished) -> None:
-            services.on_progress("image", {"round": round_number, "done": already + done, "total": total})
-
-        images = services.generator.generate(prompt=prompt_text, negative_prompt=negative_prompt, seeds=seeds,
-                                             steps=steps, guidance=guidance, callback=progress)
+            images = services.generator.generate(prompt=prompt_text, negative_prompt=negative_prompt,
+                                                 seeds=[paths[job][0] for job in todo], steps=steps,
+                                                 guidance=guidance, callback=progress)
+            for job, generated in zip(todo, images):
+                _save_png_atomically(generated.image, paths[job][1])
+                elapsed[job] = round(generated.elapsed_s, 4)
         finished += len(jobs)
-        for (slot, candidate), generated in zip(jobs, images):
-            name = f"r{round_number:02d}_slot{slot:04d}_c{candidate:02d}_seed{generated.seed}.png"
-            path = services.run_dir / "candidates" / name
-            _save_png_atomically(generated.image, path)
+        for slot, candidate in jobs:
+            seed, path = paths[(slot, candidate)]
             attempts.append(
-                Attempt(slot=slot, round=round_number, candidate=candidate, seed=generated.seed, steps=steps,
+                Attempt(slot=slot, round=round_number, candidate=candidate, seed=seed, steps=steps,
                         guidance=guidance, prompt=prompt_text, negative_prompt=negative_prompt,
                         path=str(path.relative_to(services.run_dir)),
-                        elapsed_s=round(generated.elapsed_s, 4)).model_dump(mode="json")
+                        elapsed_s=elapsed.get((slot, candidate), 0.0)).model_dump(mode="json")
             )
     return {"round": round_number, "attempts": attempts, "status": "generating"}
 
 
-def _stored_embeddings(services: Services, modality: str):
-    """Embeddings of the images already filed under ``OUT/<modality>/`` (computed once per run)."""
+def _stored_embeddings(services: Services, modality: str, *, run_id: str):
+    """Embeddings of the images filed under ``OUT/<modality>/`` by other runs (computed once per process).
+
+    This run's own images are left out: they are the accepted attempts, and a resumed verify node must not
+    find the image it filed before the interruption a duplicate of itself.
+    """
     import numpy as np
     from PIL import Image
 
     if modality not in services.stored_embeddings:
         folder = Path(services.storage.root) / modality
-        files = sorted(folder.glob("*/*.png")) if folder.is_dir() else []
+        services.storage.recover()  # a store a kill left half done is finished first: its image is then ours
+        own = {Path(services.storage.root) / r["file_name"] for r in services.storage.read_metadata()
+               if r.get("run_id") == run_id}
+        files = sorted(f for f in folder.glob("*/*.png") if f not in own) if folder.is_dir() else []
         embeddings = []
         for file in files:
             with Image.open(file) as image:
@@ -146,7 +163,7 @@ def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
     """Score every pending candidate with the verifier; per slot keep the best one that passes every signal.
 
     Duplicates are checked against the images already in the output dataset (same modality) and the
-    candidates accepted earlier in this run.
+    candidates accepted earlier in this run. Each slot's chosen candidate is filed at once (see :func:`_file`).
     """
     import numpy as np
     from PIL import Image
@@ -158,8 +175,9 @@ def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
     plan = Plan.model_validate(state.plan)
     modality = _storage_modality(services, plan)
     attempts = [dict(a) for a in state.attempts]
+    stored = list(state.stored)
     accepted = [_embedding_of(services, a) for a in attempts if a["verdict"] == "accepted"]
-    known = [_stored_embeddings(services, modality), *(e[None, :] for e in accepted)]
+    known = [_stored_embeddings(services, modality, run_id=state.run_id), *(e[None, :] for e in accepted)]
     pending_by_slot: dict[int, list[dict]] = {}
     for attempt in attempts:
         if attempt["verdict"] == "pending":
@@ -182,7 +200,10 @@ def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
                 attempt["verdict"] = "passed_not_chosen"
         if chosen is not None:
             known.append(embeddings[chosen][None, :])
-    return {"attempts": attempts}
+            # Stored as it passes: an interruption keeps every image accepted so far.
+            candidates[chosen]["stored_as"] = _file(services, state, plan, candidates[chosen])
+            stored.append(candidates[chosen]["stored_as"])
+    return {"attempts": attempts, "stored": stored}
 
 
 def _embedding_of(services: Services, attempt: dict):
@@ -229,44 +250,57 @@ def refine(state: GraphState, runtime: Runtime[Services]) -> dict:
     return {"attempts": attempts, "slot_settings": slot_settings}
 
 
-@traced("store", reads=("round",))
-def store(state: GraphState, runtime: Runtime[Services]) -> dict:
-    """File the accepted candidates in ordered storage, in slot order; what never passed is only traced."""
+def _file(services: Services, state: GraphState, plan: Plan, attempt: dict) -> str:
+    """File one accepted candidate in ordered storage (PNG, metadata line, manifest row) and return its name.
+
+    Idempotent per (run, slot): a node that runs again after an interruption gets the image already filed.
+    """
     from PIL import Image
 
     from clinisynth.agents.verifier import metadata_scores
 
+    modality_label = _storage_modality(services, plan)
+    with Image.open(services.run_dir / attempt["path"]) as image:
+        image.load()
+        result = services.storage.store(
+            image=image,
+            modality=modality_label,
+            label=plan.label,
+            metadata={
+                "prompt": attempt["prompt"],
+                "negative_prompt": attempt["negative_prompt"],
+                "request": plan.request,
+                "label": plan.label,
+                "labels": sorted({f.label for f in plan.findings if f.status == "present"}),
+                "modality": modality_label,
+                "seed": attempt["seed"],
+                "steps": attempt["steps"],
+                "guidance": attempt["guidance"],
+                "adapters": list(getattr(services.generator, "adapters", [])),
+                **{f"model_{k}": v for k, v in services.generator.model_ids.items()},
+                "scores": metadata_scores(attempt["scores"]),
+                "round": attempt["round"],
+                "slot": attempt["slot"],
+                "run_id": state.run_id,
+                "knowledge_version": plan.knowledge_version,
+            },
+            unique={"run_id": state.run_id, "slot": attempt["slot"]},
+        )
+    services.on_progress("stored", {"file_name": result.file_name, "slot": attempt["slot"]})
+    return result.file_name
+
+
+@traced("store", reads=("round",))
+def store(state: GraphState, runtime: Runtime[Services]) -> dict:
+    """Close the run: every accepted candidate is filed by the verify node as it passes; file any that is not
+    yet (none in a normal run), then set the status. What never passed is only traced."""
     services = runtime.context
     plan = Plan.model_validate(state.plan)
-    modality_label = _storage_modality(services, plan)
-    present_labels = sorted({f.label for f in plan.findings if f.status == "present"})
+    attempts = [dict(a) for a in state.attempts]
     stored = list(state.stored)
-    accepted = sorted((a for a in state.attempts if a["verdict"] == "accepted"), key=lambda a: a["slot"])
-    for attempt in accepted[len(stored):]:
-        with Image.open(services.run_dir / attempt["path"]) as image:
-            image.load()
-            result = services.storage.store(
-                image=image,
-                modality=modality_label,
-                label=plan.label,
-                metadata={
-                    "prompt": attempt["prompt"],
-                    "negative_prompt": attempt["negative_prompt"],
-                    "request": plan.request,
-                    "label": plan.label,
-                    "labels": present_labels,
-                    "modality": modality_label,
-                    "seed": attempt["seed"],
-                    "steps": attempt["steps"],
-                    "guidance": attempt["guidance"],
-                    "adapters": list(getattr(services.generator, "adapters", [])),
-                    **{f"model_{k}": v for k, v in services.generator.model_ids.items()},
-                    "scores": metadata_scores(attempt["scores"]),
-                    "round": attempt["round"],
-                    "run_id": state.run_id,
-                    "knowledge_version": plan.knowledge_version,
-                },
-            )
-        stored.append(result.file_name)
+    for attempt in sorted((a for a in attempts if a["verdict"] == "accepted" and not a.get("stored_as")),
+                          key=lambda a: a["slot"]):
+        attempt["stored_as"] = _file(services, state, plan, attempt)
+        stored.append(attempt["stored_as"])
     status = "complete" if len(stored) == state.n_images else ("partial" if stored else "failed")
-    return {"stored": stored, "status": status}
+    return {"stored": stored, "status": status, "attempts": attempts}

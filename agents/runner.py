@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -17,6 +19,7 @@ from clinisynth.agents.planner import PlanError, Planner
 from clinisynth.agents.state import GraphState
 from clinisynth.agents.verifier import Verifier
 from clinisynth.generation import limits
+from clinisynth.generation.storage import run_state
 
 TRACE_FORMAT = 1
 
@@ -96,28 +99,50 @@ def run_generation(
     verifier: Verifier | None = None,
     best_of: int = 1,
     on_progress: Callable[[str, dict], None] | None = None,
+    resume: bool = False,
 ) -> RunResult:
-    """Run the graph once and file what passes.
+    """Run the graph once and file what passes, each accepted image as soon as it is verified.
 
     The plan is checked before the run folder is created, so a description that cannot be planned
-    leaves nothing behind. Every node's event, every attempt (accepted or not) and the final status
-    go to ``runs/<run_id>/trace.json``, also when the run fails half-way.
+    leaves nothing behind. ``runs/<run_id>/trace.json`` is written when the run starts (status
+    ``running``, with this process's id) and again at the end with every node's event, every attempt
+    (accepted or not) and the final status, also when the run fails half-way.
 
     Args:
         verifier: decides which candidates are kept; a sanity + duplicate :class:`Verifier` when ``None``.
         best_of: candidates drawn per slot and round; the best that passes every check is kept.
+        resume: continue the interrupted run ``run_id`` from its LangGraph checkpoint (``request`` and the
+            numbers must be the run's own, see :func:`resumable_run`): no slot is generated or filed twice,
+            the counters continue, the trace records each resume.
 
     Raises:
         PlanError: the description cannot be planned, names no modality or nothing to draw.
     """
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    plan = planner.plan_for_generation(request)
-    # The check above parsed the text; forget it so the traced nodes time their real work.
-    planner.reasoner.forget(plan.request)
-    run_id = run_id or new_run_id()
-    run_dir = Path(storage.root) / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    if resume:
+        if run_id is None:
+            raise ValueError("resume needs the run_id of the run to continue")
+        run_dir = Path(storage.root) / "runs" / run_id
+        trace = storage.read_trace(run_id)
+        trace.setdefault("resumed", []).append({"at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                                                "after_status": trace.get("status"), "error": trace.get("error")})
+        trace.pop("error", None)
+    else:
+        plan = planner.plan_for_generation(request)
+        # The check above parsed the text; forget it so the traced nodes time their real work.
+        planner.reasoner.forget(plan.request)
+        run_id = run_id or new_run_id()
+        run_dir = Path(storage.root) / "runs" / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        trace = {
+            "format": TRACE_FORMAT,
+            "run_id": run_id,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "request": request,
+            "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
+                           "max_rounds": max_rounds, "best_of": best_of, "profile": profile},
+        }
     services = Services(
         planner=planner,
         generator=generator,
@@ -130,23 +155,23 @@ def run_generation(
         request=request.strip(), run_id=run_id, n_images=n_images, seed=seed,
         steps=steps, guidance=guidance, max_rounds=max_rounds, best_of=best_of,
     )
-    trace: dict[str, Any] = {
-        "format": TRACE_FORMAT,
-        "run_id": run_id,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "request": request,
-        "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
-                       "max_rounds": max_rounds, "best_of": best_of, "profile": profile},
+    trace.update({
         "models": dict(generator.model_ids),
         "verifier": services.verifier.describe(),
         "knowledge_version": planner.knowledge.version,
-    }
+        "status": "running",
+        "process": {"pid": os.getpid(), "host": socket.gethostname()},
+    })
+    storage.write_trace(run_id, trace)  # an interrupted run is listed (status running, its process gone)
     connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
     try:
         graph = build_graph(checkpointer=SqliteSaver(connection))
         config = {"configurable": {"thread_id": run_id}, "recursion_limit": recursion_limit(max_rounds)}
         try:
-            final = graph.invoke(initial, config=config, context=services, durability="sync", version="v2")
+            if resume and not graph.get_state(config).next:
+                raise PlanError(f"run {run_id} has no checkpoint to continue from; start a new run")
+            final = graph.invoke(None if resume else initial, config=config, context=services,
+                                 durability="sync", version="v2")
             state = GraphState.model_validate(final.value if hasattr(final, "value") else final)
         except BaseException as error:
             snapshot = graph.get_state(config).values
@@ -157,10 +182,29 @@ def run_generation(
     finally:
         connection.close()
     trace.update(_state_trace(state))
+    trace.pop("process", None)
     if state.attempts:
         trace["contact_sheet"] = _attempt_sheet(run_dir, state.attempts).name
     trace_path = storage.write_trace(run_id, trace)
     return RunResult(run_id=run_id, status=state.status, stored=list(state.stored), trace_path=trace_path, trace=trace)
+
+
+def resumable_run(storage, run_id: str) -> dict:
+    """The trace of ``run_id`` if the run can be resumed: interrupted (killed) or failed with an error.
+
+    Raises:
+        StorageError: no such run. PlanError: the run finished, or is still running.
+    """
+    trace = storage.read_trace(run_id)
+    state = run_state(trace)
+    if state == "running":
+        raise PlanError(f"run {run_id} is still running (process {trace['process'].get('pid')}); "
+                        "resume it once that process has stopped")
+    if state != "interrupted" and not trace.get("error"):
+        raise PlanError(f"run {run_id} finished ({state}); nothing to resume")
+    if not (Path(storage.root) / "runs" / run_id / "checkpoints.sqlite").is_file():
+        raise PlanError(f"run {run_id} has no checkpoint to continue from; start a new run")
+    return trace
 
 
 #: Attempts shown on a run's contact sheet (the trace keeps every one).

@@ -38,6 +38,8 @@ class Attempt(BaseModel):
     notes: list[str] = Field(default_factory=list)
     thumbnail: str | None = None
     action: str | None = None
+    #: Where the verify node filed it (``OUT``-relative) when it was the slot's accepted candidate.
+    stored_as: str | None = None
 
 
 class SlotSettings(BaseModel):
@@ -64,7 +66,7 @@ class GraphState(BaseModel):
         slot_settings: per slot (key ``str(slot)``), the refined settings of its next attempt; slots not
             listed use ``steps``, ``guidance`` and the plan's prompts.
         attempts: every candidate ever generated, with its verdict.
-        stored: ordered-storage file names of the accepted images, in slot order.
+        stored: ordered-storage file names of the accepted images, in the order they were filed (as they passed).
         events: one trace event per node run (appended, never replaced).
     """
 

@@ -82,22 +82,37 @@ def generate(
     profile: str | None = None,
     settings: Settings | None = None,
     on_progress=None,
+    resume: str | None = None,
 ):
     """Generate ``n`` verified images of ``text`` into ordered storage under ``out``.
 
     Everything that can be checked is checked before anything is written: the numbers, the output
-    dir, the plan, the model profile and the verifier's models.
+    dir, the plan, the model profile and the verifier's models. Each accepted image is filed as soon
+    as it is verified.
+
+    Args:
+        resume: the id of an interrupted (killed or failed) run in ``out`` to continue from its checkpoint,
+            with the run's own description and settings (``text``, when given, must be the run's; the
+            other numbers are ignored).
 
     Returns:
         :class:`clinisynth.agents.runner.RunResult`.
     """
     from clinisynth.agents.planner import PlanError
-    from clinisynth.agents.runner import run_generation, validate_run_arguments
+    from clinisynth.agents.runner import resumable_run, run_generation, validate_run_arguments
     from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError, coverage_problem, generator_record
-    from clinisynth.generation.storage import OrderedStorage, check_output_dir
+    from clinisynth.generation.storage import OrderedStorage, check_output_dir, check_run_id
     from clinisynth.verifier_setup import build_run_verifier, check_verifier_settings
 
     settings = settings or Settings()
+    if resume is not None:
+        trace = resumable_run(OrderedStorage(check_output_dir(Path(out))), check_run_id(resume))
+        if text and text.strip() != trace["request"].strip():
+            raise PlanError(f"run {resume} was asked for {trace['request']!r}, not {text!r}; leave the description "
+                            "out to resume it")
+        text, parameters = trace["request"], trace["parameters"]
+        n, seed, steps, guidance = parameters["n_images"], parameters["seed"], parameters["steps"], parameters["guidance"]
+        max_rounds, best_of, profile = parameters["max_rounds"], parameters["best_of"], parameters["profile"]
     profile = profile or settings.profile
     max_rounds = settings.max_rounds if max_rounds is None else max_rounds
     best_of = settings.best_of if best_of is None else best_of
@@ -133,4 +148,6 @@ def generate(
         profile=profile,
         verifier=verifier,
         on_progress=on_progress,
+        run_id=resume,
+        resume=resume is not None,
     )

@@ -18,6 +18,10 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+# The process's umask, read once: mkstemp creates files 0600, but what we publish gets the usual mode.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 #: Suffix of the temporary files of :func:`write_atomically` (names start with ``.``): a killed writer's leftovers.
 TMP_SUFFIX = ".tmp"
 
@@ -36,6 +40,7 @@ def write_atomically(path: Path, data: bytes | str) -> Path:
     and fsync the folder: a reader sees the old file or the new one, whole, never a part.
 
     The temporary file is ``.<name>.<random>.tmp`` in the same folder; it is removed when the write fails.
+    The file gets the mode a plain ``open`` would give it (0666 less the umask).
 
     Returns:
         ``path``.
@@ -45,6 +50,7 @@ def write_atomically(path: Path, data: bytes | str) -> Path:
         data = data.encode("utf-8")
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(descriptor, 0o666 & ~_UMASK)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -10,6 +10,12 @@ Layout (DESIGN.md), loadable with ``datasets.load_dataset("imagefolder", data_di
 Several processes may write into one OUT at once: every store runs under an exclusive ``fcntl.flock`` on
 ``OUT/.clinisynth.lock``, files are written to a temporary name and renamed into place, and the counters
 file remembers every number handed out, so a deleted image's number is not given again.
+
+A store is crash-safe: it first writes its intent (``OUT/.clinisynth_pending.json``: the record it is about
+to add), then the PNG, then the ``metadata.jsonl`` line and the ``manifest.csv`` row. The next store (of any
+process) finishes an intent a killed writer left: a PNG that made it gets its metadata line and manifest row,
+exactly once; a PNG that did not only leaves its number unused. ``store(..., unique=...)`` makes a store
+idempotent (a resumed run that files the same slot again gets the image already filed).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import io
 import json
 import os
 import re
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ from clinisynth.generation.files import write_atomically
 
 LOCK_NAME = ".clinisynth.lock"
 COUNTERS_NAME = ".clinisynth_counters.json"
+PENDING_NAME = ".clinisynth_pending.json"
 METADATA_NAME = "metadata.jsonl"
 MANIFEST_NAME = "manifest.csv"
 RUNS_DIR = "runs"
@@ -130,6 +138,28 @@ def check_name(value: str, *, what: str) -> str:
     return value
 
 
+def run_state(trace: dict) -> str:
+    """A run's state from its trace: its status, or ``interrupted`` for a run marked running whose process
+    (on this host) is gone."""
+    status = trace.get("status", "?")
+    process = trace.get("process") or {}
+    if status == "running" and process.get("host") == socket.gethostname() and not _alive(process.get("pid")):
+        return "interrupted"
+    return status
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it is a safe folder name (letters, digits, ``.``, ``_``, ``-``; no leading dot)."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
@@ -179,6 +209,23 @@ def _append_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _complete_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, without a partial last line an interrupted append left."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].decode("utf-8").splitlines() if line.strip()]
+
+
+def _manifest_names(path: Path) -> set[str]:
+    """``img_savename`` of every complete row of ``manifest.csv``."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    rows = csv.DictReader(io.StringIO(data[: data.rfind(b"\n") + 1].decode("utf-8")))
+    return {row.get("img_savename") or "" for row in rows}
+
+
 def _csv_value(value: Any) -> str:
     if value is None:
         return ""
@@ -200,6 +247,9 @@ class OrderedStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = check_output_dir(root)
+        # metadata.jsonl records read so far (a cache for ``unique`` look-ups; refreshed under the lock).
+        self._records: list[dict] = []
+        self._records_offset = 0
 
     @property
     def metadata_path(self) -> Path:
@@ -251,7 +301,7 @@ class OrderedStorage:
         key = f"{modality}/{label}"
         return max(self._read_counters().get(key, 0), self._highest_on_disk(self.root / modality / label, label)) + 1
 
-    def store(self, *, image, modality: str, label: str, metadata: dict) -> StoredImage:
+    def store(self, *, image, modality: str, label: str, metadata: dict, unique: dict | None = None) -> StoredImage:
         """Write ``image`` as ``<modality>/<label>/<label>_NNNNNN.png`` and record it.
 
         Args:
@@ -260,6 +310,9 @@ class OrderedStorage:
             label: snake_case class folder, e.g. ``pleural_effusion``.
             metadata: JSON-serialisable fields for ``metadata.jsonl`` (prompt, seed, steps, guidance, model ids,
                 scores, run_id, ...); must not contain ``file_name``; ``label`` / ``modality`` must match if given.
+            unique: metadata values (e.g. ``{"run_id": ..., "slot": 3}``, which ``metadata`` must hold too) that
+                name this image: when a stored record already has them, that image is returned and nothing is
+                written.
 
         Raises:
             StorageError: bad names or metadata, or an image that cannot be encoded; nothing is written then.
@@ -277,6 +330,8 @@ class OrderedStorage:
         for key, value in (("label", label), ("modality", modality)):
             if key in metadata and metadata[key] != value:
                 raise StorageError(f"metadata {key} {metadata[key]!r} differs from the {key} argument {value!r}")
+        if unique is not None and any(metadata.get(key) != value for key, value in unique.items()):
+            raise StorageError(f"metadata must hold the unique values {unique!r}")
         # Everything that can fail is checked before a number is handed out.
         _dumps(metadata, what="metadata")
         buffer = io.BytesIO()
@@ -287,6 +342,12 @@ class OrderedStorage:
         png = buffer.getvalue()
 
         with self._locked():
+            self._finish_pending()
+            if unique is not None:
+                existing = self._find(unique)
+                if existing is not None:
+                    return StoredImage(path=self.root / existing["file_name"], file_name=existing["file_name"],
+                                       index=int(Path(existing["file_name"]).stem.rsplit("_", 1)[1]))
             class_dir = self.root / modality / label
             class_dir.mkdir(parents=True, exist_ok=True)
             counters = self._read_counters()
@@ -300,14 +361,57 @@ class OrderedStorage:
             path = class_dir / name
             if path.exists():  # cannot happen while every writer takes the lock; never overwrite regardless
                 raise StorageError(f"{path} already exists; another tool writes into {self.root} without the lock")
-            write_atomically(path, png)
-
             file_name = f"{modality}/{label}/{name}"
             record = {"file_name": file_name, **metadata, "label": label, "modality": modality}
             record.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+            pending = self.root / PENDING_NAME
+            write_atomically(pending, _dumps(record, what="metadata"))  # the intent, for a crash from here on
+            write_atomically(path, png)
             _append_durably(self.metadata_path, (_dumps(record, what="metadata") + "\n").encode())
             self._append_manifest_row({"img_savename": file_name, **record})
+            pending.unlink()
         return StoredImage(path=path, file_name=file_name, index=index)
+
+    def recover(self) -> None:
+        """Finish a store that a killed writer left half done (see the module docstring); cheap when none."""
+        if (self.root / PENDING_NAME).exists():
+            with self._locked():
+                self._finish_pending()
+
+    def _finish_pending(self) -> None:
+        """Complete the store a killed writer left half done (call under the lock)."""
+        pending = self.root / PENDING_NAME
+        if not pending.exists():
+            return
+        try:
+            record = json.loads(pending.read_text(encoding="utf-8"))
+            file_name = record["file_name"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise StorageError(f"{pending} is damaged ({error}); check the last image filed and delete it") from error
+        if (self.root / file_name).is_file():
+            if not any(r.get("file_name") == file_name for r in _complete_json_lines(self.metadata_path)):
+                _append_durably(self.metadata_path, (_dumps(record, what="metadata") + "\n").encode())
+            if file_name not in _manifest_names(self.manifest_path):
+                self._append_manifest_row({"img_savename": file_name, **record})
+        pending.unlink()
+
+    def _find(self, unique: dict) -> dict | None:
+        """The stored record whose values match ``unique`` (call under the lock)."""
+        path = self.metadata_path
+        size = path.stat().st_size if path.exists() else 0
+        if size < self._records_offset:  # the file was cut (a partial last line dropped): read it again
+            self._records, self._records_offset = [], 0
+        if size > self._records_offset:
+            with open(path, "rb") as handle:
+                handle.seek(self._records_offset)
+                data = handle.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self._records += [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+            self._records_offset += len(complete)
+        for record in reversed(self._records):
+            if all(record.get(key) == value for key, value in unique.items()):
+                return record
+        return None
 
     def _append_manifest_row(self, row: dict) -> None:
         path = self.manifest_path
@@ -396,6 +500,8 @@ class OrderedStorage:
             else:
                 if isinstance(trace, dict):
                     summary.update({key: trace[key] for key in TRACE_SUMMARY_KEYS if key in trace})
+                    if "status" in trace:
+                        summary["status"] = run_state(trace)
                     for key in ("events", "stored"):
                         if isinstance(trace.get(key), list):
                             summary[f"n_{key}"] = len(trace[key])

@@ -50,7 +50,12 @@ def _score_line(scores: dict) -> str:
 
 def show_trace(trace: dict, console: Console | None = None) -> None:
     console = console or Console()
-    console.print(f"[bold]run[/bold] {trace['run_id']}  {trace.get('created_at', '')}  status {trace.get('status')}")
+    from clinisynth.generation.storage import run_state
+
+    console.print(f"[bold]run[/bold] {trace['run_id']}  {trace.get('created_at', '')}  status {run_state(trace)}")
+    for resumed in trace.get("resumed", []):
+        console.print(f"[bold]resumed[/bold] {resumed.get('at')} after {resumed.get('after_status')}"
+                      + (f" ({resumed['error']})" if resumed.get("error") else ""))
     console.print(f"[bold]request[/bold] {trace.get('request')}")
     console.print(f"[bold]parameters[/bold] {_short(trace.get('parameters'), 400)}")
     if trace.get("error"):

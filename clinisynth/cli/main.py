@@ -85,28 +85,43 @@ def _plan_lines(path: Path) -> None:
 
 @app.command()
 def generate(
-    text: Annotated[str, typer.Argument(help="free-text clinical description")],
-    n: Annotated[int, typer.Option("-n", "--n", help="number of accepted images wanted")] = 4,
+    text: Annotated[Optional[str], typer.Argument(help="free-text clinical description")] = None,
+    n: Annotated[Optional[int], typer.Option("-n", "--n", help="number of accepted images wanted [default: 4]")] = None,
     out: Annotated[Path, typer.Option(help="output dataset directory (ordered storage)")] = Path("clinisynth-out"),
-    seed: Annotated[int, typer.Option(help="base seed; image i uses seed + i")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="base seed; image i uses seed + i [default: 0]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="sampler steps (profile default when unset)")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
     max_rounds: Annotated[Optional[int], typer.Option(help="generate/verify/refine rounds before giving up")] = None,
     profile: Annotated[Optional[str], typer.Option(help="model profile: tiny, demo or full")] = None,
     best_of: Annotated[Optional[int], typer.Option(help="candidates per image and round; the best that passes is kept")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        help="continue the interrupted run RUN_ID in --out from its checkpoint, with its own description and settings",
+        metavar="RUN_ID")] = None,
 ) -> None:
-    """Plan, generate, verify and file images; every step is traced under OUT/runs/<run_id>/."""
+    """Plan, generate, verify and file images (each as it passes); every step is traced under OUT/runs/<run_id>/."""
     from rich.console import Console
 
+    if resume is None and text is None:
+        fail("give a description TEXT (or --resume RUN_ID to continue an interrupted run)")
+    if resume is not None:
+        given = [name for name, value in (("-n", n), ("--seed", seed), ("--steps", steps), ("--guidance", guidance),
+                                          ("--max-rounds", max_rounds), ("--profile", profile),
+                                          ("--best-of", best_of)) if value is not None]
+        if given:
+            fail(f"--resume continues the run with its own settings; leave out {', '.join(given)}")
     console = Console(stderr=True)
     with user_errors():
         from clinisynth.api import generate as run
         from clinisynth.cli.display import GenerationProgress
 
-        with GenerationProgress(console=console, total=n) as progress:
-            result = run(text, out=out, n=n, seed=seed, steps=steps, guidance=guidance, max_rounds=max_rounds,
-                         best_of=best_of, profile=profile, on_progress=progress.update)
-    console.print(f"run {result.run_id}: {result.status}, stored {len(result.stored)} of {n} image(s) in {out}")
+        with GenerationProgress(console=console, total=n or 4) as progress:
+            result = run(text or "", out=out, n=4 if n is None else n, seed=0 if seed is None else seed, steps=steps,
+                         guidance=guidance, max_rounds=max_rounds, best_of=best_of, profile=profile,
+                         on_progress=progress.update, resume=resume)
+    requested = result.trace.get("parameters", {}).get("n_images", n)
+    resumed = " (resumed)" if resume else ""
+    console.print(f"run {result.run_id}{resumed}: {result.status}, stored {len(result.stored)} of {requested} image(s) "
+                  f"in {out}")
     for name in result.stored:
         typer.echo(str(Path(out) / name))
     console.print(f"trace: {result.trace_path}")

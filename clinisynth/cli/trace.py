@@ -29,16 +29,21 @@ def _traces(directory: Path) -> list[tuple[Path, dict]]:
 
 @app.command("list")
 def list_runs(directory: Annotated[Path, typer.Argument(help="output dir of generate runs")] = Path(".")) -> None:
-    """One line per run: id, time, status, stored / requested, rejected attempts, request."""
+    """One line per run: id, time, status (``interrupted``: killed, resume it with ``clinisynth generate
+    --resume RUN_ID``), stored / requested, rejected attempts, request."""
+    from clinisynth.generation.storage import run_state
+
     traces = _traces(directory)
     if not traces:
         typer.echo(f"no runs in {directory / 'runs'}")
         return
-    typer.echo(f"{'run id':32s}  {'created':29s}  {'status':8s}  {'stored':>7s}  {'rejected':>8s}  request")
+    typer.echo(f"{'run id':32s}  {'created':29s}  {'status':11s}  {'stored':>7s}  {'rejected':>8s}  request")
     for _, trace in traces:
         summary = trace.get("summary", {})
-        stored = f"{summary.get('stored', 0)}/{summary.get('requested', '?')}"
-        typer.echo(f"{trace['run_id']:32s}  {trace.get('created_at', ''):29s}  {trace.get('status', '?'):8s}  "
+        requested = summary.get("requested", trace.get("parameters", {}).get("n_images", "?"))
+        stored = f"{summary.get('stored', 0)}/{requested}"
+        status = run_state(trace) + ("*" if trace.get("resumed") else "")
+        typer.echo(f"{trace['run_id']:32s}  {trace.get('created_at', ''):29s}  {status:11s}  "
                    f"{stored:>7s}  {summary.get('rejected', 0):>8}  {trace.get('request', '')[:70]}")
 
 
