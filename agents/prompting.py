@@ -55,7 +55,9 @@ STATED_DIAGNOSIS_CUES = frozenset({
 HEDGED_DIAGNOSIS_CUES = frozenset({
     "suggestive of", "highly suggestive of", "suspicious for", "suspicious of", "concerning for", "worrisome for",
     "likely represents", "likely representing", "most likely representing", "may represent", "may reflect",
-    "could represent", "likely reflecting", "favored to represent", "favoured to represent",
+    "could represent", "likely reflecting", "favored to represent", "favoured to represent", "could reflect",
+    "most concerning for", "concern for", "may indicate", "could indicate", "correlate clinically for",
+    "clinically correlate for", "correlate for",
 })
 
 

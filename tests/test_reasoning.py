@@ -230,17 +230,34 @@ class FakeRetriever:
         return [FakeHit(record_id, score) for key, (record_id, score) in self.table.items() if key in query.lower()][:k]
 
 
+def test_one_edit_misspellings_are_read_by_the_lexicon(reasoner):
+    localization, pathology = reasoner.analyze("Chest radiograph: pleural efusion on the left, small pnuemothorax")
+    found = {f.id: f for f in pathology.findings}
+    assert found["finding.pleural_effusion"].source == "lexicon"
+    assert found["finding.pleural_effusion"].evidence == "pleural efusion"
+    assert found["finding.pleural_effusion"].laterality == "left"
+    assert found["finding.pneumothorax"].severity == "mild"
+    assert any("'efusion' read as the misspelt 'effusion'" in note for note in localization.notes)
+
+
+def test_ordinary_words_near_a_record_word_are_not_corrected(reasoner):
+    # "thoracotomy" is one edit from "thoracostomy", "injection" from "infection", "include" from "included"
+    localization, pathology = reasoner.analyze("Chest radiograph after left thoracotomy and contrast injection; findings include no effusion.")
+    assert not any("misspelt" in note for note in localization.notes)
+    assert {f.id: f.status for f in pathology.findings} == {"finding.pleural_effusion": "absent"}
+
+
 def test_retrieval_resolves_misspelling_above_threshold(knowledge):
     from clinisynth.agents.reasoning import Reasoner
 
-    fake = FakeRetriever({"efusion": ("finding.pleural_effusion", 0.83)})
+    fake = FakeRetriever({"effuzzion": ("finding.pleural_effusion", 0.83)})
     reasoner = Reasoner(knowledge=knowledge, retriever=fake, retrieval_threshold=0.6)
-    localization, pathology = reasoner.analyze("Chest radiograph: pleural efusion on the left")
+    localization, pathology = reasoner.analyze("Chest radiograph: pleural effuzzion on the left")
     (finding,) = pathology.findings
     assert finding.id == "finding.pleural_effusion" and finding.source == "retrieval" and finding.score == pytest.approx(0.83)
     assert finding.laterality == "left"
     assert [r.id for r in pathology.references] == ["finding.pleural_effusion"]
-    assert "efusion" in pathology.references[0].query
+    assert "effuzzion" in pathology.references[0].query
 
 
 def test_retrieval_below_threshold_is_ignored_with_a_note(knowledge):
@@ -262,7 +279,7 @@ def test_retriever_only_sees_unresolved_text_with_abbreviations_expanded(knowled
     reasoner = Reasoner(knowledge=knowledge, retriever=fake)
     reasoner.analyze("Small right pleural effusion. No pneumothorax.")
     assert fake.queries == []
-    reasoner.analyze("LLL smudgy opacitty")
+    reasoner.analyze("LLL smudgy blotch")
     assert fake.queries and "left lower lobe" in fake.queries[0] and "LLL" not in fake.queries[0]
 
 
@@ -270,8 +287,8 @@ def test_real_retriever_resolves_a_paraphrase(retriever, knowledge):
     from clinisynth.agents.reasoning import Reasoner
 
     reasoner = Reasoner(knowledge=knowledge, retriever=retriever, retrieval_threshold=0.6)
-    _, pathology = reasoner.analyze("chest x-ray: pleural efusion")
-    assert [f.id for f in pathology.findings] == ["finding.pleural_effusion"]
+    _, pathology = reasoner.analyze("chest x-ray: air leak around the lung")
+    assert [f.id for f in pathology.findings] == ["finding.pneumothorax"]
     assert pathology.findings[0].source == "retrieval"
     assert pathology.references[0].score >= 0.6
 

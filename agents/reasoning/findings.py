@@ -179,7 +179,8 @@ def _merge_into(merged: list[Finding], finding: Finding) -> None:
             continue
         if statuses == {"present", "uncertain"} and existing.status == "uncertain":
             # Seen, with a hedge about its nature elsewhere ("enlarged ventricles ... suggestive of NPH"): present.
-            existing = existing.model_copy(update={"status": "present", "cue": None})
+            # The statement that asserts it keeps its cue ("IMPRESSION: pneumonia" is the conclusion).
+            existing = existing.model_copy(update={"status": "present", "cue": finding.cue if finding.status == "present" else None})
             merged[index] = existing
         update = {}
         if finding.laterality and finding.laterality != existing.laterality:

@@ -9,6 +9,7 @@ from clinisynth.agents.reasoning import vocab
 from clinisynth.agents.reasoning.analysis import Analysis, Item, Mention
 from clinisynth.agents.reasoning.attributes import prefer_longest_items
 from clinisynth.agents.reasoning.lexicon import KIND_PRIORITY, Lexicon
+from clinisynth.agents.reasoning.spelling import SpellingCorrector
 from clinisynth.knowledge import KnowledgeBase
 
 #: How many tokens after a structure its size word may stand ("the heart is mildly large").
@@ -71,9 +72,11 @@ class TermMatcher:
         self.nlp = nlp
         self.organs = OrganPhrases.build(knowledge=knowledge, lexicon=lexicon)
         self._enlargement = {a: r.id for r in knowledge.records for a in r.enlargement_of}
+        self.speller = SpellingCorrector(lexicon=lexicon)
 
     def match(self, doc) -> Analysis:
         """The :class:`Analysis` of ``doc`` (normalised and cut into sentences) before retrieval and assertion."""
+        corrections = self.speller.correct(doc, matcher=self.lexicon.norm_matcher)
         by_span: dict[tuple[int, int], set[str]] = {}
         items: list[Item] = []
         families, regions, normal_spans = [], [], []
@@ -144,7 +147,7 @@ class TermMatcher:
         items = prefer_longest_items(items)
         families = [f for f in families if not (set(range(f[0], f[1])) & covered)]
         return Analysis(text=doc.text, doc=doc, mentions=mentions, items=items, families=families, regions=regions,
-                        normal_spans=normal_spans)
+                        normal_spans=normal_spans, notes=corrections)
 
 
 def _size_statements(doc, mentions: list[Mention], taken: list[bool], enlargement: dict[str, str]):

@@ -104,6 +104,7 @@ class ModalityResolver:
 
     def _infer(self, analysis: Analysis, notes: list[str]) -> Concept | None:
         votes: dict[str, float] = {}
+        found_in: set[str] = set()  # modalities with a finding or sign of the text
         order: dict[str, int] = {}
         evidence: dict[str, list[str]] = {}
         spanning: list[str] = []
@@ -124,6 +125,8 @@ class ModalityResolver:
                 spanning.append(analysis.doc[mention.start : mention.end].text)
             for rank, modality_id in enumerate(modalities):
                 votes[modality_id] = votes.get(modality_id, 0.0) + weight / len(modalities)
+                if mention.kind in ("finding", "sign"):
+                    found_in.add(modality_id)
                 order.setdefault(modality_id, len(order) * 10 + rank)
                 evidence.setdefault(modality_id, []).append(analysis.doc[mention.start : mention.end].text)
         for _, _, region in analysis.regions:
@@ -132,7 +135,8 @@ class ModalityResolver:
                 order.setdefault(modality_id, len(order) * 10)
         if not votes:
             return None
-        ranked = sorted(votes, key=lambda m: (-votes[m], order[m]))
+        # A modality with a finding of the text beats one that only has its anatomy ("effusion ... knee pain").
+        ranked = sorted(votes, key=lambda m: (m not in found_in, -votes[m], order[m]))
         best = ranked[0]
         record = self.knowledge.by_id[best]
         why = ", ".join(dict.fromkeys(evidence.get(best, []))) or "the body region named"

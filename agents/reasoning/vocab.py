@@ -602,7 +602,9 @@ DIAGNOSIS_PHRASES = [
     "in keeping", "likely represents", "likely representing", "most likely representing", "represents", "representing",
     "suggestive of", "suspicious for", "suspicious of", "concerning for", "worrisome for", "highly suggestive of",
     "most consistent with", "likely reflecting", "may represent", "may reflect", "could represent", "probably",
-    "likely", "most likely", "probable", "favored to represent", "favoured to represent", "c/w",
+    "likely", "most likely", "probable", "favored to represent", "favoured to represent", "c/w", "could reflect",
+    "most concerning for", "concern for", "may indicate", "could indicate", "correlate clinically for",
+    "clinically correlate for", "correlate for",
 ]
 #: Words naming how something looks, not what it is: a finding matched through a phrase with one of
 #: them ("white matter hyperintensities" -> small vessel disease) is an observation, and when the same
