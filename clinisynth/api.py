@@ -15,8 +15,27 @@ _planners: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
-def quiet_model_loading() -> None:
-    # Weight-loading progress bars and hub notices are noise for a CLI that prints JSON.
+def quiet_model_loading(*, lazy: bool = False) -> None:
+    """Weight-loading progress bars and hub notices are noise for a CLI that prints JSON.
+
+    Args:
+        lazy: do not import transformers for this (about 0.5 s): when it is not imported yet, ask for
+            the same through the environment variables it and huggingface_hub read at import
+            (``TRANSFORMERS_VERBOSITY=error``, ``HF_HUB_DISABLE_PROGRESS_BARS=1``; values already set win),
+            so that a model loaded later in this process (the retrieval embedder) loads quietly.
+    """
+    import sys
+
+    if lazy and "transformers" not in sys.modules:
+        import os
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "huggingface_hub" in sys.modules:  # too late for its environment variable
+            import huggingface_hub
+
+            huggingface_hub.utils.disable_progress_bars()
+        return
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -31,11 +50,15 @@ def get_planner(settings: Settings | None = None):
     with _lock:
         if key not in _planners:
             from clinisynth.agents.planner import Planner
+            from clinisynth.agents.reasoning.cache import import_nlp_libraries
             from clinisynth.knowledge import DEFAULT_DATA_DIR, load_knowledge
             from clinisynth.retrieval import Retriever
 
-            quiet_model_loading()
-            knowledge = load_knowledge(settings.knowledge_dir or DEFAULT_DATA_DIR)
+            # Nothing heavy on the way: the embedder (torch) loads at the first description that needs
+            # retrieval, and spaCy / medspaCy come without the torch / scipy they would pull in.
+            quiet_model_loading(lazy=True)
+            import_nlp_libraries()
+            knowledge = load_knowledge(settings.knowledge_dir or DEFAULT_DATA_DIR, cache_dir=settings.cache_dir)
             retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder)
             _planners[key] = Planner(
                 knowledge=knowledge,

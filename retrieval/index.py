@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -58,6 +59,11 @@ def index_entries(knowledge: KnowledgeBase) -> list[Entry]:
     return entries
 
 
+def _single_thread_faiss(faiss) -> None:
+    # One thread: queries are single vectors and OpenMP start-up costs more than it saves here.
+    faiss.omp_set_num_threads(1)
+
+
 def cache_key(knowledge: KnowledgeBase, model: str) -> str:
     digest = hashlib.sha256(f"{INDEX_FORMAT}\0{knowledge.content_hash}\0{model}".encode()).hexdigest()
     return digest[:20]
@@ -67,19 +73,60 @@ class Retriever:
     """Exact inner-product search (``IndexIDMap2(IndexFlatIP)``) over normalised phrase embeddings.
 
     Build with :meth:`open`, which reuses the persisted index when the knowledge files and the
-    embedder are unchanged and rebuilds it otherwise.
+    embedder are unchanged and rebuilds it otherwise. A reused index is opened lazily: neither the
+    embedder (sentence-transformers, torch: seconds to import) nor FAISS is loaded until the first
+    :meth:`search` (or the first use of :attr:`embedder`, :attr:`index` or :attr:`entries`), so a
+    process whose descriptions the lexicon resolves never pays for them.
 
     Args:
-        embedder: encodes queries (and entries at build time).
-        index: the FAISS index; ids are positions in ``entries``.
-        entries: what each vector is.
+        embedder: encodes queries (and entries at build time); ``None`` loads ``model`` on first use.
+        index: the FAISS index; ids are positions in ``entries``; ``None`` reads it from ``cache_dir``
+            on first use.
+        entries: what each vector is; ``None`` reads them from ``cache_dir`` on first use.
+        cache_dir: the folder of this index (``<cache root>/retrieval/<key>/``).
+        model: the embedder setting loaded when ``embedder`` is ``None``.
     """
 
-    def __init__(self, *, embedder: Embedder, index, entries: list[Entry], cache_dir: Path | None = None) -> None:
-        self.embedder = embedder
-        self.index = index
-        self.entries = entries
+    def __init__(
+        self,
+        *,
+        embedder: Embedder | None = None,
+        index=None,
+        entries: list[Entry] | None = None,
+        cache_dir: Path | None = None,
+        model: str = PACKAGED_MINILM,
+    ) -> None:
+        if (index is None or entries is None) and cache_dir is None:
+            raise ValueError("a Retriever needs either an index and its entries or the cache_dir holding them")
+        self._embedder = embedder
+        self._index = index
+        self._entries = entries
+        self._model = embedder.model_id if embedder is not None else model
+        self._lock = threading.RLock()
         self.cache_dir = cache_dir
+
+    @property
+    def embedder(self) -> Embedder:
+        """The query embedder, loaded on first use."""
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    self._embedder = Embedder(model=self._model)
+        return self._embedder
+
+    @property
+    def index(self):
+        """The FAISS index, read from the cache folder on first use."""
+        if self._index is None:
+            self._read()
+        return self._index
+
+    @property
+    def entries(self) -> list[Entry]:
+        """What each vector is, read from the cache folder on first use."""
+        if self._entries is None:
+            self._read()
+        return self._entries
 
     @classmethod
     def open(
@@ -91,7 +138,11 @@ class Retriever:
         embedder: Embedder | None = None,
         rebuild: bool = False,
     ) -> "Retriever":
-        """Load the cached index for this knowledge content and model, building it when missing.
+        """Open the cached index for this knowledge content and model, building it when missing.
+
+        Opening a cached index reads nothing but the folder's name: the index, its entries and the
+        embedder load on first use. Building (no cached index, or ``rebuild``) needs the embedder and
+        happens here.
 
         Args:
             knowledge: the loaded records; their ``content_hash`` keys the cache.
@@ -100,20 +151,17 @@ class Retriever:
             embedder: an already loaded embedder to reuse.
             rebuild: ignore a cached index.
         """
-        import faiss
-
-        # One thread: queries are single vectors and OpenMP start-up costs more than it saves here.
-        faiss.omp_set_num_threads(1)
-        embedder = embedder or Embedder(model=model)
-        folder = Path(cache_dir) / "retrieval" / cache_key(knowledge, embedder.model_id)
+        model_id = embedder.model_id if embedder is not None else model
+        folder = Path(cache_dir) / "retrieval" / cache_key(knowledge, model_id)
         if folder.is_dir() and not rebuild:
-            return cls._load(folder, embedder)
-        return cls._build(knowledge, embedder, folder)
+            return cls(embedder=embedder, cache_dir=folder, model=model_id)
+        return cls._build(knowledge, embedder or Embedder(model=model), folder)
 
     @classmethod
     def _build(cls, knowledge: KnowledgeBase, embedder: Embedder, folder: Path) -> "Retriever":
         import faiss
 
+        _single_thread_faiss(faiss)
         entries = index_entries(knowledge)
         vectors = embedder.encode([entry.text for entry in entries])
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dimension))
@@ -136,19 +184,35 @@ class Retriever:
             raise
         return cls(embedder=embedder, index=index, entries=entries, cache_dir=folder)
 
-    @classmethod
-    def _load(cls, folder: Path, embedder: Embedder) -> "Retriever":
-        import faiss
+    def _read(self) -> None:
+        """Read the persisted index and entries, checked against each other and the embedder."""
+        with self._lock:
+            if self._index is not None and self._entries is not None:
+                return
+            import faiss
 
-        index = faiss.read_index(str(folder / "index.faiss"))
-        raw = json.loads((folder / "entries.json").read_text(encoding="utf-8"))
-        entries = [Entry(**{**item, "modalities": tuple(item["modalities"])}) for item in raw]
-        if index.ntotal != len(entries) or index.d != embedder.dimension:
-            raise ValueError(
-                f"retrieval cache {folder} is inconsistent ({index.ntotal} vectors of width {index.d}, "
-                f"{len(entries)} entries, embedder width {embedder.dimension}); delete the folder to rebuild it"
-            )
-        return cls(embedder=embedder, index=index, entries=entries, cache_dir=folder)
+            _single_thread_faiss(faiss)
+            folder = self.cache_dir
+            index = faiss.read_index(str(folder / "index.faiss"))
+            raw = json.loads((folder / "entries.json").read_text(encoding="utf-8"))
+            entries = [Entry(**{**item, "modalities": tuple(item["modalities"])}) for item in raw]
+            dimension = self._cached_dimension(folder)
+            if index.ntotal != len(entries) or (dimension is not None and index.d != dimension):
+                raise ValueError(
+                    f"retrieval cache {folder} is inconsistent ({index.ntotal} vectors of width {index.d}, "
+                    f"{len(entries)} entries, embedder width {dimension}); delete the folder to rebuild it"
+                )
+            self._index, self._entries = index, entries
+
+    def _cached_dimension(self, folder: Path) -> int | None:
+        # The embedder's width: from a loaded embedder, else from meta.json (so that reading the index
+        # does not load the embedder); the width of a loaded embedder is checked again in ``search``.
+        if self._embedder is not None:
+            return self._embedder.dimension
+        try:
+            return int(json.loads((folder / "meta.json").read_text(encoding="utf-8"))["dimension"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def search(
         self, query: str, *, k: int = 5, kinds: Iterable[str] | None = None, modality: str | None = None
@@ -157,15 +221,21 @@ class Retriever:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         wanted = set(kinds) if kinds is not None else None
-        vector = self.embedder.encode([query])
+        index, entries, embedder = self.index, self.entries, self.embedder
+        if index.d != embedder.dimension:
+            raise ValueError(
+                f"retrieval cache {self.cache_dir} holds vectors of width {index.d} but embedder "
+                f"{embedder.model_id!r} gives {embedder.dimension}; delete the folder to rebuild it"
+            )
+        vector = embedder.encode([query])
         # Over-fetch so that filtering by kind / modality and de-duplicating by record still leaves k.
-        fetch = min(self.index.ntotal, max(k * 20, 50))
-        scores, ids = self.index.search(vector, fetch)
+        fetch = min(index.ntotal, max(k * 20, 50))
+        scores, ids = index.search(vector, fetch)
         hits: dict[str, Hit] = {}
         for score, position in zip(scores[0], ids[0]):
             if position < 0:
                 continue
-            entry = self.entries[position]
+            entry = entries[position]
             if wanted is not None and entry.kind not in wanted:
                 continue
             if modality is not None and entry.modalities and modality not in entry.modalities:

@@ -44,6 +44,11 @@ def plan(
     if (text is None) == (jsonl is None):
         fail("give either a description TEXT or --jsonl FILE, not both and not neither")
     with user_errors():
+        from clinisynth.agents.reasoning.cache import import_nlp_libraries
+
+        # First, before anything imports spaCy the plain way (which drags in torch and scipy): the
+        # reasoning modules that clinisynth.api imports through the settings may import it at module level.
+        import_nlp_libraries()
         from clinisynth.api import get_planner
 
         if jsonl is not None:
