@@ -17,9 +17,11 @@ class Services:
     Args:
         planner: the reasoning steps (knowledge + retriever inside).
         generator: the loaded :class:`clinisynth.generation.pipeline.Generator` (loaded before the run starts,
-            so a missing model fails before anything is written).
-        storage: the :class:`clinisynth.generation.storage.OrderedStorage` of the output dir.
-        run_dir: ``OUT/runs/<run_id>``; candidates (accepted or rejected) are kept there for the trace.
+            so a missing model fails before anything is written). ``None`` while only the reasoning nodes run
+            (:func:`clinisynth.agents.runner.plan_run`: they use the planner alone).
+        storage: the :class:`clinisynth.generation.storage.OrderedStorage` of the output dir (``None``: as above).
+        run_dir: ``OUT/runs/<run_id>``; candidates (accepted or rejected) are kept there for the trace
+            (``None``: as above, nothing is written before the plan is checked).
         verifier: the :class:`clinisynth.agents.verifier.Verifier` (sanity and duplicates at least; classifier,
             CLIP score and memorisation where loaded).
         on_progress: ``(event, info)`` callback for the CLI's progress display.
@@ -28,9 +30,9 @@ class Services:
     """
 
     planner: Planner
-    generator: Any
-    storage: Any
-    run_dir: Path
+    generator: Any = None
+    storage: Any = None
+    run_dir: Path | None = None
     verifier: Verifier = field(default_factory=Verifier)
     on_progress: Callable[[str, dict], None] = lambda event, info: None
     stored_embeddings: dict[str, Any] = field(default_factory=dict)

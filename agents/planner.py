@@ -145,7 +145,17 @@ class Planner:
         Raises:
             PlanError: naming what is missing and how to say it.
         """
-        plan = self.plan(text)
+        return self.check_drawable(self.plan(text))
+
+    def check_drawable(self, plan: Plan) -> Plan:
+        """``plan`` when it can be drawn: it names a modality, and a finding to draw or an explicitly normal study.
+
+        A generation run calls this on the plan its graph's reasoning nodes made, before anything is written.
+
+        Raises:
+            PlanError: naming what is missing and how to say it.
+        """
+        text = plan.request
         if plan.modality is None:
             raise PlanError(f"cannot tell the imaging modality of {text.strip()[:80]!r}; name one of: "
                             f"{self.covered_modalities()}")

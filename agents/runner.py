@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from clinisynth.agents.context import Services
 from clinisynth.agents.graph import build_graph, recursion_limit
+from clinisynth.agents.plan import Plan
 from clinisynth.agents.planner import PlanError, Planner
 from clinisynth.agents.state import GraphState
 from clinisynth.agents.verifier import Verifier
@@ -83,6 +84,109 @@ def validate_run_arguments(
         raise PlanError(f"--best-of must be between {limits.MIN_BEST_OF} and {limits.MAX_BEST_OF}, got {best_of}")
 
 
+#: The node a run's reasoning stops before: everything up to it only reads the request and the knowledge.
+FIRST_WRITING_NODE = "generate"
+
+
+@dataclass
+class PlannedRun:
+    """A run whose reasoning is done and checked, and nothing written yet.
+
+    :func:`plan_run` runs the graph's own reasoning nodes (localize, pathology, visual map, prompt) on the run's
+    thread, checkpointed into an in-memory SQLite database; :func:`run_generation` copies those checkpoints into
+    ``runs/<run_id>/checkpoints.sqlite`` and continues the same graph from the generate node. So a run is planned
+    once, by its nodes, and the trace and the checkpoint history hold those nodes' real input, output and timing.
+
+    Args:
+        run_id: the run's id (the graph's thread id).
+        state: the graph state after the prompt node (``plan``, ``events`` of the four reasoning nodes).
+        plan: ``state.plan`` as a :class:`Plan`, checked drawable.
+        connection: the in-memory checkpoint database.
+    """
+
+    run_id: str
+    state: GraphState
+    plan: Plan
+    connection: sqlite3.Connection
+
+    def save_checkpoints(self, path: Path) -> sqlite3.Connection:
+        """Copy the checkpoints into the database file ``path``; return an open connection to it."""
+        target = sqlite3.connect(path, check_same_thread=False)
+        self.connection.backup(target)
+        self.connection.close()
+        return target
+
+
+def _graph_config(run_id: str, max_rounds: int) -> dict:
+    return {"configurable": {"thread_id": run_id}, "recursion_limit": recursion_limit(max_rounds)}
+
+
+def plan_run(
+    *,
+    planner: Planner,
+    request: str,
+    n_images: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    max_rounds: int,
+    best_of: int = 1,
+    run_id: str | None = None,
+) -> PlannedRun:
+    """Plan a run with the graph's reasoning nodes, and check the plan can be drawn; nothing is written.
+
+    It reports no progress: a request refused here prints only its error. :func:`run_generation` reports these
+    nodes' progress events when the run starts.
+
+    This is the only planning a run does: the checks that must come before any write or model load (a modality
+    and something to draw here; the generator's coverage and the adapter choice in :func:`clinisynth.api.generate`)
+    read :attr:`PlannedRun.plan`, and :func:`run_generation` continues from these nodes without running them again.
+
+    Raises:
+        PlanError: the description is empty or too long, or cannot be planned, names no modality or nothing to draw.
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    text = planner.check_request(request)
+    run_id = run_id or new_run_id()
+    initial = GraphState(request=text, run_id=run_id, n_images=n_images, seed=seed, steps=steps, guidance=guidance,
+                         max_rounds=max_rounds, best_of=best_of)
+    connection = sqlite3.connect(":memory:", check_same_thread=False)
+    try:
+        graph = build_graph(checkpointer=SqliteSaver(connection))
+        config = _graph_config(run_id, max_rounds)
+        graph.invoke(initial, config=config, context=Services(planner=planner),
+                     interrupt_before=[FIRST_WRITING_NODE], durability="sync", version="v2")
+        state = GraphState.model_validate(graph.get_state(config).values)
+        plan = planner.check_drawable(Plan.model_validate(state.plan))
+    except BaseException:
+        connection.close()
+        raise
+    return PlannedRun(run_id=run_id, state=state, plan=plan, connection=connection)
+
+
+def checkpointed_plan(storage, run_id: str) -> Plan:
+    """The plan of the interrupted run ``run_id``, from its checkpoint (a resumed run is not planned again).
+
+    Raises:
+        PlanError: the run has no checkpoint, or its checkpoint holds no plan.
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    database = Path(storage.root) / "runs" / run_id / "checkpoints.sqlite"
+    if not database.is_file():
+        raise PlanError(f"run {run_id} has no checkpoint to continue from; start a new run")
+    connection = sqlite3.connect(database, check_same_thread=False)
+    try:
+        values = build_graph(checkpointer=SqliteSaver(connection)).get_state(
+            {"configurable": {"thread_id": run_id}}).values
+    finally:
+        connection.close()
+    if not values or not values.get("plan"):
+        raise PlanError(f"run {run_id} was interrupted before its plan was made; start a new run")
+    return Plan.model_validate(values["plan"])
+
+
 def run_generation(
     *,
     planner: Planner,
@@ -100,11 +204,14 @@ def run_generation(
     best_of: int = 1,
     on_progress: Callable[[str, dict], None] | None = None,
     resume: bool = False,
+    planned: PlannedRun | None = None,
+    adapters: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run the graph once and file what passes, each accepted image as soon as it is verified.
 
-    The plan is checked before the run folder is created, so a description that cannot be planned
-    leaves nothing behind. ``runs/<run_id>/trace.json`` is written when the run starts (status
+    The run is planned once, by the graph's reasoning nodes (:func:`plan_run`, unless ``planned`` is given), and
+    the plan is checked before the run folder is created, so a description that cannot be planned leaves nothing
+    behind. ``runs/<run_id>/trace.json`` is written when the run starts (status
     ``running``, with this process's id) and again at the end with every node's event, every attempt
     (accepted or not) and the final status, also when the run fails half-way.
 
@@ -114,6 +221,9 @@ def run_generation(
         resume: continue the interrupted run ``run_id`` from its LangGraph checkpoint (``request`` and the
             numbers must be the run's own, see :func:`resumable_run`): no slot is generated or filed twice,
             the counters continue, the trace records each resume.
+        planned: this run's :func:`plan_run` (its numbers and request must be these); planned here when ``None``.
+        adapters: the LoRA adapters the generator runs with and why (see :func:`clinisynth.api.generate`), kept in
+            the trace under ``adapters`` and, for a resume, in ``parameters``.
 
     Raises:
         PlanError: the description cannot be planned, names no modality or nothing to draw.
@@ -129,12 +239,14 @@ def run_generation(
                                                 "after_status": trace.get("status"), "error": trace.get("error")})
         trace.pop("error", None)
     else:
-        plan = planner.plan_for_generation(request)
-        # The check above parsed the text; forget it so the traced nodes time their real work.
-        planner.reasoner.forget(plan.request)
-        run_id = run_id or new_run_id()
+        if planned is None:
+            planned = plan_run(planner=planner, request=request, n_images=n_images, seed=seed, steps=steps,
+                               guidance=guidance, max_rounds=max_rounds, best_of=best_of, run_id=run_id)
+        else:
+            _check_planned(planned, request=request, n_images=n_images, seed=seed, steps=steps, guidance=guidance,
+                           max_rounds=max_rounds, best_of=best_of, run_id=run_id)
+        run_id = planned.run_id
         run_dir = Path(storage.root) / "runs" / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
         trace = {
             "format": TRACE_FORMAT,
             "run_id": run_id,
@@ -142,7 +254,12 @@ def run_generation(
             "request": request,
             "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
                            "max_rounds": max_rounds, "best_of": best_of, "profile": profile},
+            "plan": planned.state.plan,
         }
+        if adapters is not None:
+            trace["parameters"]["adapters"] = [{key: entry[key] for key in ("name", "path", "weight", "card_sha256")}
+                                               for entry in adapters.get("chosen", [])]
+            trace["adapters"] = adapters
     services = Services(
         planner=planner,
         generator=generator,
@@ -151,7 +268,7 @@ def run_generation(
         verifier=verifier or Verifier(),
         on_progress=on_progress or (lambda event, info: None),
     )
-    initial = GraphState(
+    initial = planned.state if planned is not None else GraphState(
         request=request.strip(), run_id=run_id, n_images=n_images, seed=seed,
         steps=steps, guidance=guidance, max_rounds=max_rounds, best_of=best_of,
     )
@@ -162,16 +279,24 @@ def run_generation(
         "status": "running",
         "process": {"pid": os.getpid(), "host": socket.gethostname()},
     })
+    if resume:
+        connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        # The reasoning nodes' checkpoints first: the run continues (and a resume starts) after them.
+        connection = planned.save_checkpoints(run_dir / "checkpoints.sqlite")
     storage.write_trace(run_id, trace)  # an interrupted run is listed (status running, its process gone)
-    connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
+    if not resume:
+        for event in planned.state.events:  # the reasoning nodes ran silently before the first write
+            services.on_progress("node", {"node": event["node"], "elapsed_ms": event["elapsed_ms"]})
     try:
         graph = build_graph(checkpointer=SqliteSaver(connection))
-        config = {"configurable": {"thread_id": run_id}, "recursion_limit": recursion_limit(max_rounds)}
+        config = _graph_config(run_id, max_rounds)
         try:
             if resume and not graph.get_state(config).next:
                 raise PlanError(f"run {run_id} has no checkpoint to continue from; start a new run")
-            final = graph.invoke(None if resume else initial, config=config, context=services,
-                                 durability="sync", version="v2")
+            # Both a new run and a resumed one continue from their checkpoint: a new one after its prompt node.
+            final = graph.invoke(None, config=config, context=services, durability="sync", version="v2")
             state = GraphState.model_validate(final.value if hasattr(final, "value") else final)
         except BaseException as error:
             snapshot = graph.get_state(config).values
@@ -187,6 +312,14 @@ def run_generation(
         trace["contact_sheet"] = _attempt_sheet(run_dir, state.attempts).name
     trace_path = storage.write_trace(run_id, trace)
     return RunResult(run_id=run_id, status=state.status, stored=list(state.stored), trace_path=trace_path, trace=trace)
+
+
+def _check_planned(planned: PlannedRun, *, request: str, run_id: str | None, **numbers) -> None:
+    state = planned.state
+    differs = [name for name, value in numbers.items() if getattr(state, name) != value]
+    if state.request != request.strip() or differs or (run_id is not None and run_id != planned.run_id):
+        raise ValueError(f"the planned run {planned.run_id} was planned for other settings ({differs or 'request'}); "
+                         "plan it with these")
 
 
 def resumable_run(storage, run_id: str) -> dict:

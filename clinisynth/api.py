@@ -78,18 +78,36 @@ def plan(text: str, *, settings: Settings | None = None):
     return get_planner(settings).plan(text)
 
 
-def load_generator(*, profile: str, settings: Settings | None = None):
-    """Load the generator of a model profile (builds the tiny one on first use)."""
-    from clinisynth.generation.pipeline import Generator
+def resolve_generator_profile(profile: str, *, settings: Settings | None = None):
+    """The :class:`~clinisynth.generation.profiles.ModelProfile` called ``profile`` (builds the tiny one on first
+    use); loads nothing."""
     from clinisynth.generation.profiles import resolve_profile
 
     settings = settings or Settings()
-    resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
+    return resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
+
+
+def load_generator(*, profile: str, settings: Settings | None = None):
+    """Load the generator of a model profile (builds the tiny one on first use)."""
+    from clinisynth.generation.pipeline import Generator
+
+    resolved = resolve_generator_profile(profile, settings=settings)
     quiet_model_loading()
     import diffusers
 
     diffusers.utils.logging.disable_progress_bar()
     return Generator.from_profile(resolved), resolved
+
+
+def _loaded_generator(resolved):
+    """A freshly loaded generator of ``resolved``."""
+    from clinisynth.generation.pipeline import Generator
+
+    quiet_model_loading()
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    return Generator.from_profile(resolved)
 
 
 def generate(
@@ -122,7 +140,8 @@ def generate(
         :class:`clinisynth.agents.runner.RunResult`.
     """
     from clinisynth.agents.planner import PlanError
-    from clinisynth.agents.runner import resumable_run, run_generation, validate_run_arguments
+    from clinisynth.agents.runner import (checkpointed_plan, plan_run, resumable_run, run_generation,
+                                          validate_run_arguments)
     from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError, coverage_problem, generator_record
     from clinisynth.generation.storage import OrderedStorage, check_output_dir, check_run_id
     from clinisynth.verifier_setup import build_run_verifier, check_verifier_settings
@@ -146,17 +165,30 @@ def generate(
                            max_images=settings.max_images, best_of=best_of)
     check_output_dir(Path(out))
     check_verifier_settings(settings)
-    planner = get_planner(settings)
-    checked = planner.plan_for_generation(text)
-    generator, resolved = load_generator(profile=profile, settings=settings)
-    problem = coverage_problem(generator_record(resolved.generator), location=resolved.generator,
-                               modality=planner.knowledge.get(checked.modality.id).label, label=checked.label)
-    if problem:
-        raise PlanError(problem)
-    verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device,
-                                  on_progress=on_progress)
+    resolved = resolve_generator_profile(profile, settings=settings)
     steps = steps if steps is not None else resolved.default_steps
     guidance = guidance if guidance is not None else resolved.default_guidance
+    planner = get_planner(settings)
+    planned = None
+    if resume is None:
+        # The run's one planning: the graph's reasoning nodes, checkpointed in memory until the first write.
+        planned = plan_run(planner=planner, request=text, n_images=n, seed=seed, steps=steps, guidance=guidance,
+                           max_rounds=max_rounds, best_of=best_of)
+        checked = planned.plan
+    else:
+        checked = checkpointed_plan(OrderedStorage(Path(out)), resume)  # planned when the run started
+    try:
+        generator = _loaded_generator(resolved)
+        problem = coverage_problem(generator_record(resolved.generator), location=resolved.generator,
+                                   modality=planner.knowledge.get(checked.modality.id).label, label=checked.label)
+        if problem:
+            raise PlanError(problem)
+        verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device,
+                                      on_progress=on_progress)
+    except BaseException:
+        if planned is not None:
+            planned.connection.close()
+        raise
     return run_generation(
         planner=planner,
         generator=generator,
@@ -173,4 +205,5 @@ def generate(
         on_progress=on_progress,
         run_id=resume,
         resume=resume is not None,
+        planned=planned,
     )
