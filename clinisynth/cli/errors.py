@@ -14,6 +14,7 @@ USAGE_EXIT_CODE = 2
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing model, not a bug (imported lazily)."""
     from clinisynth.agents.planner import PlanError
+    from clinisynth.curation.spec import CampaignError
     from clinisynth.generation.profiles import ModelNotFoundError, ProfileError
     from clinisynth.generation.storage import StorageError
     from clinisynth.knowledge import KnowledgeError
@@ -21,7 +22,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.verifier_setup import VerifierSetupError
 
     return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError,
-            VerifierSetupError)
+            VerifierSetupError, CampaignError)
 
 
 def fail(message: str) -> None:

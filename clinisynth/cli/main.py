@@ -12,6 +12,7 @@ import typer
 from clinisynth.cli import knowledge as knowledge_commands
 from clinisynth.cli import trace as trace_commands
 from clinisynth.cli import train as train_commands
+from clinisynth.cli.curate import curate
 from clinisynth.cli.errors import fail, user_errors
 from clinisynth.cli.evaluate import evaluate
 from clinisynth.cli.prepare import prepare
@@ -30,6 +31,7 @@ app.command("prepare", help="Raw medical image folder / CSV / MedMNIST npz -> cl
 app.command("evaluate", help="Realism, diversity, faithfulness and downstream utility of a synthetic dataset.")(evaluate)
 train_commands.app.command("classifier", help="Train the verifier's classifier on a prepared dataset.")(train_classifier)
 app.add_typer(train_commands.app, name="train")
+app.command("curate")(curate)
 
 
 @app.command()
