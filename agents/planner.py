@@ -23,6 +23,7 @@ class Planner:
         retriever: FAISS retriever for paraphrases and misspellings (``None`` disables retrieval).
         retrieval_threshold: cosine similarity a retrieved record needs to count.
         max_request_chars: longest description accepted.
+        cache_dir: where the reasoner caches its built lexicon (``None``: built every time).
     """
 
     def __init__(
@@ -32,12 +33,14 @@ class Planner:
         retriever=None,
         retrieval_threshold: float = DEFAULT_RETRIEVAL_THRESHOLD,
         max_request_chars: int = 4000,
+        cache_dir=None,
     ) -> None:
         from clinisynth.agents.reasoning import Reasoner
 
         self.knowledge = knowledge
         self.max_request_chars = max_request_chars
-        self.reasoner = Reasoner(knowledge=knowledge, retriever=retriever, retrieval_threshold=retrieval_threshold)
+        self.reasoner = Reasoner(knowledge=knowledge, retriever=retriever, retrieval_threshold=retrieval_threshold,
+                                 cache_dir=cache_dir)
 
     def covered_modalities(self) -> str:
         return ", ".join(f"{record.term} ({record.label})" for record in self.knowledge.modalities)

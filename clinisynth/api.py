@@ -65,6 +65,7 @@ def get_planner(settings: Settings | None = None):
                 retriever=retriever,
                 retrieval_threshold=settings.retrieval_threshold,
                 max_request_chars=settings.max_request_chars,
+                cache_dir=settings.cache_dir,
             )
         return _planners[key]
 
@@ -99,15 +100,33 @@ def load_generator(*, profile: str, settings: Settings | None = None):
     return Generator.from_profile(resolved), resolved
 
 
-def _loaded_generator(resolved):
-    """A freshly loaded generator of ``resolved``."""
+_generators: dict[tuple, object] = {}
+_generator_locks: dict[tuple, threading.RLock] = {}
+_generators_lock = threading.Lock()
+
+
+def _loaded_generator(resolved, *, projection_adapter=None):
+    """The process-wide generator of ``resolved`` and the lock a run holds while it uses it.
+
+    Loaded once per process and profile: requests swap their adapters on it in place
+    (:meth:`~clinisynth.generation.pipeline.Generator.use_adapters`), never reloading the base models. Only an
+    adapter that carries a text projection gets a generator of its own (the projection is part of the model).
+    """
     from clinisynth.generation.pipeline import Generator
 
-    quiet_model_loading()
-    import diffusers
+    key = (resolved.name, resolved.generator, resolved.text_encoder, resolved.tokenizer_source, resolved.resolution,
+           resolved.max_length,
+           None if projection_adapter is None else (str(projection_adapter.path), projection_adapter.card_sha256))
+    with _generators_lock:
+        if key not in _generators:
+            quiet_model_loading()
+            import diffusers
 
-    diffusers.utils.logging.disable_progress_bar()
-    return Generator.from_profile(resolved)
+            diffusers.utils.logging.disable_progress_bar()
+            adapters = [projection_adapter] if projection_adapter is not None else None
+            _generators[key] = Generator.from_profile(resolved, adapters=adapters)
+            _generator_locks[key] = threading.RLock()
+        return _generators[key], _generator_locks[key]
 
 
 def generate(
@@ -124,16 +143,24 @@ def generate(
     settings: Settings | None = None,
     on_progress=None,
     resume: str | None = None,
+    adapters: list | None = None,
+    adapters_dir: Path | str | None = None,
 ):
     """Generate ``n`` verified images of ``text`` into ordered storage under ``out``.
 
     Everything that can be checked is checked before anything is written: the numbers, the output
-    dir, the plan, the model profile and the verifier's models. Each accepted image is filed as soon
-    as it is verified.
+    dir, the adapters asked for, the plan, the model profile and the verifier's models. Each accepted
+    image is filed as soon as it is verified.
 
     Args:
+        adapters: LoRA adapters to draw with, each ``"NAME_OR_PATH[:WEIGHT]"`` or a ``(name_or_path, weight)``
+            pair (a name is looked up in ``adapters_dir``). When none are named, the plan's modality and label
+            choose one from ``adapters_dir`` (the most specific that fits the base model), or none. The choice
+            and its reason go in the trace (``adapters``), each adapter's name, weight and card hash in every
+            metadata row.
+        adapters_dir: the adapters folder; the setting ``adapters_dir``, else the shipped one, when ``None``.
         resume: the id of an interrupted (killed or failed) run in ``out`` to continue from its checkpoint,
-            with the run's own description and settings (``text``, when given, must be the run's; the
+            with the run's own description, settings and adapters (``text``, when given, must be the run's; the
             other numbers are ignored).
 
     Returns:
@@ -142,12 +169,16 @@ def generate(
     from clinisynth.agents.planner import PlanError
     from clinisynth.agents.runner import (checkpointed_plan, plan_run, resumable_run, run_generation,
                                           validate_run_arguments)
+    from clinisynth.generation.adapters import AdapterError, AdapterRequest, resumed_choice
     from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError, coverage_problem, generator_record
     from clinisynth.generation.storage import OrderedStorage, check_output_dir, check_run_id
+    from clinisynth.models import ADAPTERS_DIR
     from clinisynth.verifier_setup import build_run_verifier, check_verifier_settings
 
     settings = settings or Settings()
     if resume is not None:
+        if adapters or adapters_dir is not None:
+            raise AdapterError("a resumed run uses the adapters it started with; leave adapters out")
         trace = resumable_run(OrderedStorage(check_output_dir(Path(out))), check_run_id(resume))
         if text and text.strip() != trace["request"].strip():
             raise PlanError(f"run {resume} was asked for {trace['request']!r}, not {text!r}; leave the description "
@@ -165,6 +196,12 @@ def generate(
                            max_images=settings.max_images, best_of=best_of)
     check_output_dir(Path(out))
     check_verifier_settings(settings)
+    if resume is None:
+        directory = adapters_dir if adapters_dir is not None else settings.adapters_dir
+        requested = AdapterRequest(adapters or [], directory=Path(directory) if directory is not None else ADAPTERS_DIR,
+                                   directory_given=directory is not None)
+    else:
+        choice = resumed_choice(parameters.get("adapters", []), run_id=resume)
     resolved = resolve_generator_profile(profile, settings=settings)
     steps = steps if steps is not None else resolved.default_steps
     guidance = guidance if guidance is not None else resolved.default_guidance
@@ -177,33 +214,51 @@ def generate(
         checked = planned.plan
     else:
         checked = checkpointed_plan(OrderedStorage(Path(out)), resume)  # planned when the run started
+    modality_id = checked.modality.id
     try:
-        generator = _loaded_generator(resolved)
-        problem = coverage_problem(generator_record(resolved.generator), location=resolved.generator,
-                                   modality=planner.knowledge.get(checked.modality.id).label, label=checked.label)
-        if problem:
-            raise PlanError(problem)
-        verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device,
-                                      on_progress=on_progress)
+        if resume is None:
+            requested.check_plan(modality=modality_id, label=checked.label)  # named adapters, before any load
+            entries = requested.named
+        else:
+            entries = choice.entries
+        projection = next((card for card, _ in entries if card.projection), None)
+        generator, lock = _loaded_generator(resolved, projection_adapter=projection)
+        if resume is None:
+            choice = requested.choose(modality=modality_id, label=checked.label, problem=generator.adapter_problem)
+        if not choice.covers(modality=modality_id, label=checked.label):
+            problem = coverage_problem(generator_record(resolved.generator), location=resolved.generator,
+                                       modality=planner.knowledge.get(modality_id).label, label=checked.label)
+            if problem:
+                raise PlanError(problem)
     except BaseException:
         if planned is not None:
             planned.connection.close()
         raise
-    return run_generation(
-        planner=planner,
-        generator=generator,
-        storage=OrderedStorage(Path(out)),
-        request=text,
-        n_images=n,
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        max_rounds=max_rounds,
-        best_of=best_of,
-        profile=profile,
-        verifier=verifier,
-        on_progress=on_progress,
-        run_id=resume,
-        resume=resume is not None,
-        planned=planned,
-    )
+    with lock:  # one run at a time on a shared generator: its adapters are this run's until it ends
+        try:
+            generator.use_adapters(choice.entries)  # keys and base model checked before the U-Net changes
+            verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device,
+                                          on_progress=on_progress)
+        except BaseException:
+            if planned is not None:
+                planned.connection.close()
+            raise
+        return run_generation(
+            planner=planner,
+            generator=generator,
+            storage=OrderedStorage(Path(out)),
+            request=text,
+            n_images=n,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            max_rounds=max_rounds,
+            best_of=best_of,
+            profile=profile,
+            verifier=verifier,
+            on_progress=on_progress,
+            run_id=resume,
+            resume=resume is not None,
+            planned=planned,
+            adapters=None if resume is not None else choice.record(),
+        )

@@ -95,9 +95,11 @@ class Retriever:
         entries: list[Entry] | None = None,
         cache_dir: Path | None = None,
         model: str = PACKAGED_MINILM,
+        knowledge: KnowledgeBase | None = None,
     ) -> None:
         if (index is None or entries is None) and cache_dir is None:
             raise ValueError("a Retriever needs either an index and its entries or the cache_dir holding them")
+        self._knowledge = knowledge  # to build the index on first use when ``cache_dir`` holds none
         self._embedder = embedder
         self._index = index
         self._entries = entries
@@ -140,9 +142,9 @@ class Retriever:
     ) -> "Retriever":
         """Open the cached index for this knowledge content and model, building it when missing.
 
-        Opening a cached index reads nothing but the folder's name: the index, its entries and the
-        embedder load on first use. Building (no cached index, or ``rebuild``) needs the embedder and
-        happens here.
+        Opening reads nothing but the folder's name: the index, its entries and the embedder load on
+        first use, and a missing index is built then (so a plan the lexicon resolves never pays for it).
+        ``rebuild`` builds it here.
 
         Args:
             knowledge: the loaded records; their ``content_hash`` keys the cache.
@@ -153,9 +155,9 @@ class Retriever:
         """
         model_id = embedder.model_id if embedder is not None else model
         folder = Path(cache_dir) / "retrieval" / cache_key(knowledge, model_id)
-        if folder.is_dir() and not rebuild:
-            return cls(embedder=embedder, cache_dir=folder, model=model_id)
-        return cls._build(knowledge, embedder or Embedder(model=model), folder)
+        if rebuild:
+            return cls._build(knowledge, embedder or Embedder(model=model), folder)
+        return cls(embedder=embedder, cache_dir=folder, model=model_id, knowledge=knowledge)
 
     @classmethod
     def _build(cls, knowledge: KnowledgeBase, embedder: Embedder, folder: Path) -> "Retriever":
@@ -193,6 +195,10 @@ class Retriever:
 
             _single_thread_faiss(faiss)
             folder = self.cache_dir
+            if not folder.is_dir() and self._knowledge is not None:
+                built = self._build(self._knowledge, self.embedder, folder)
+                self._index, self._entries = built._index, built._entries
+                return
             index = faiss.read_index(str(folder / "index.faiss"))
             raw = json.loads((folder / "entries.json").read_text(encoding="utf-8"))
             entries = [Entry(**{**item, "modalities": tuple(item["modalities"])}) for item in raw]

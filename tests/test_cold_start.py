@@ -272,7 +272,7 @@ def test_plan_of_a_lexicon_resolved_text_imports_no_embedder(knowledge, retrieve
     env = {**os.environ, "CLINISYNTH_CACHE_DIR": str(cache_dir), "CLINISYNTH_KNOWLEDGE_DIR": str(data),
            "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", _PLAN_IN_A_FRESH_PROCESS, LEXICON_TEXT, RETRIEVAL_TEXT],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out, _, modules = done.stdout.rpartition("\nMODULES ")
     after_lexicon, after_retrieval = json.loads(modules)

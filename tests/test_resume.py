@@ -182,8 +182,11 @@ def test_kill_9_during_a_run_then_resume_loses_and_repeats_nothing(cache_dir, tm
     refused = runner.invoke(app, ["generate", "--resume", run_dir.name, "--out", str(out), "-n", "9"])
     assert refused.exit_code == 2 and "leave out -n" in refused.stderr
 
+    # Run outside the checkout: with -m the current folder comes first on sys.path, and the source folder
+    # clinisynth/ there is not the installed package (CI installs it non-editable).
     resumed = subprocess.run([sys.executable, "-m", "clinisynth.cli.main", "generate", "--resume", run_dir.name,
-                              "--out", str(out)], env=_env(cache_dir), capture_output=True, text=True, timeout=600)
+                              "--out", str(out)], env=_env(cache_dir), capture_output=True, text=True, timeout=600,
+                             cwd=out.parent)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     filed = _filed(out)
     assert {slot: r["seed"] for slot, r in filed.items()} == {slot: r["seed"] for slot, r in reference.items()}

@@ -26,9 +26,10 @@ def test_run_ids_keep_their_order_when_the_clock_stands_still_or_steps_back(monk
     assert ids[5].startswith("20330518T033321.000000Z-")
 
 
-def test_run_ids_of_two_processes_do_not_collide():
+def test_run_ids_of_two_processes_do_not_collide(tmp_path):
     code = "from clinisynth.agents.runner import new_run_id; print('\\n'.join(new_run_id() for _ in range(200)))"
-    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    # cwd outside the checkout: with -c the current folder is first on sys.path (see test_install.py)
+    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
                for _ in range(2)]
     assert len(set(outputs[0]) | set(outputs[1])) == 400
 

@@ -29,7 +29,9 @@ class AssertionContext:
     """
 
     def __init__(self, *, nlp, knowledge: KnowledgeBase) -> None:
-        from medspacy.context import ConText, ConTextRule
+        from clinisynth.agents.reasoning.cache import context_classes
+
+        ConText, ConTextRule = context_classes()
 
         self.knowledge = knowledge
         # A cue inside another finding's words modifies that finding only ("old granulomatous disease and ...").

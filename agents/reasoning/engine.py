@@ -21,7 +21,7 @@ from clinisynth.agents.reasoning.attributes import AttributeResolver
 from clinisynth.agents.reasoning.context import AssertionContext
 from clinisynth.agents.reasoning.fallback import RetrievalFallback
 from clinisynth.agents.reasoning.findings import FindingAssembler, concepts_of, conflicts_among
-from clinisynth.agents.reasoning.lexicon import Lexicon
+from clinisynth.agents.reasoning.lexicon import Lexicon, load_or_build_lexicon
 from clinisynth.agents.reasoning.matching import TermMatcher
 from clinisynth.agents.reasoning.modality import ModalityResolver
 from clinisynth.agents.reasoning.models import Localization, Pathology
@@ -46,10 +46,19 @@ class Reasoner:
             (``Hit.id``, ``Hit.score`` as cosine similarity); used only for stretches of text the
             lexicon did not resolve (paraphrases, misspellings).
         retrieval_threshold: the cosine similarity a retrieved record needs to count.
+        cache_dir: where the built lexicon is cached, keyed by the knowledge and vocabulary
+            (:func:`~clinisynth.agents.reasoning.lexicon.load_or_build_lexicon`); ``None`` builds it.
     """
 
-    def __init__(self, *, knowledge: KnowledgeBase, retriever=None, retrieval_threshold: float = DEFAULT_RETRIEVAL_THRESHOLD) -> None:
-        import spacy
+    def __init__(
+        self,
+        *,
+        knowledge: KnowledgeBase,
+        retriever=None,
+        retrieval_threshold: float = DEFAULT_RETRIEVAL_THRESHOLD,
+        cache_dir=None,
+    ) -> None:
+        from clinisynth.agents.reasoning.cache import blank_nlp
 
         if not 0.0 < retrieval_threshold <= 1.0:
             raise ValueError(f"retrieval_threshold must be in (0, 1], got {retrieval_threshold}")
@@ -57,10 +66,9 @@ class Reasoner:
         self.retriever = retriever
         self.retrieval_threshold = retrieval_threshold
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
-        # Start-up: the tokenizer and the lexicon's phrase matchers (the costly part), then the stages.
-        # A start-up cache plugs in here (agents/reasoning/cache.py, lexicon.load_or_build_lexicon).
-        self.nlp = spacy.blank("en")
-        self.lexicon = Lexicon.build(nlp=self.nlp, knowledge=knowledge, normalize=normalize_doc)
+        # Start-up: the tokenizer and the lexicon's phrase matchers (the costly part, cached), then the stages.
+        self.nlp = blank_nlp("en")
+        self.lexicon = load_or_build_lexicon(nlp=self.nlp, knowledge=knowledge, normalize=normalize_doc, cache_dir=cache_dir)
         self.context = AssertionContext(nlp=self.nlp, knowledge=knowledge)
         self.attributes = AttributeResolver(knowledge=knowledge)
         self.findings = FindingAssembler(knowledge=knowledge, attributes=self.attributes)

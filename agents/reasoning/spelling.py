@@ -8,15 +8,11 @@ Embedding the misspelt word instead does not work: "efusion" alone is far from "
 
 from __future__ import annotations
 
-from spacy.lang.en.stop_words import STOP_WORDS
-
 from clinisynth.agents.reasoning import vocab
 from clinisynth.agents.reasoning.lexicon import Lexicon
 
 #: Shorter words are too often other words one edit away ("mass" / "mast", "ribs" / "rubs").
 MIN_LENGTH = 7
-#: Ordinary words of reports that are one edit from a record word ("patient" / "patent").
-_ORDINARY_WORDS = set(STOP_WORDS) | vocab.NON_IMAGING_WORDS
 
 
 def _deletions(word: str) -> set[str]:
@@ -35,7 +31,11 @@ class SpellingCorrector:
     """
 
     def __init__(self, *, lexicon: Lexicon) -> None:
+        from spacy.lang.en.stop_words import STOP_WORDS
+
         self.known = {word for phrase in lexicon.phrase_ids for word in phrase.split()}
+        # Ordinary words of reports that are one edit from a record word ("patient" / "patent").
+        self._ordinary = set(STOP_WORDS) | vocab.NON_IMAGING_WORDS
         self._by_deletion: dict[str, set[str]] = {}
         for word in self.known:
             if len(word) >= MIN_LENGTH - 1 and word.isalpha():
@@ -61,7 +61,7 @@ class SpellingCorrector:
         corrected = {}
         for token in doc:
             word = token.norm_
-            if len(word) < MIN_LENGTH or not word.isalpha() or word in self.known or word in _ORDINARY_WORDS:
+            if len(word) < MIN_LENGTH or not word.isalpha() or word in self.known or word in self._ordinary:
                 continue
             # Misspellings rarely change the first letter, nor only an ending ("include" / "included").
             options = {w for w in self.candidates(word) if w[0] == word[0] and not (w.startswith(word) or word.startswith(w))}

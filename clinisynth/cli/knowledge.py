@@ -62,7 +62,8 @@ def build_index(
     started = time.perf_counter()
     with user_errors():
         knowledge, retriever = _open_retriever(directory, rebuild=rebuild)
-    typer.echo(f"index: {retriever.index.ntotal} phrases of {len(knowledge.records)} records at {retriever.cache_dir} "
+        phrases = retriever.index.ntotal  # a missing index is built on first use
+    typer.echo(f"index: {phrases} phrases of {len(knowledge.records)} records at {retriever.cache_dir} "
                f"({time.perf_counter() - started:.1f} s)")
 
 
