@@ -128,7 +128,7 @@ def curate(
         clinisynth.curation.spec.CampaignError (and the generation errors: PlanError, ProfileError, StorageError,
         VerifierSetupError, ModelNotFoundError): bad input, before anything is generated.
     """
-    from clinisynth.api import get_planner, load_generator
+    from clinisynth.api import get_planner, load_generator, quiet_model_loading
     from clinisynth.curation.journal import CAMPAIGN_DIR, Journal, journal_path
     from clinisynth.curation.report import write_report
     from clinisynth.curation.scheduler import (REJECTED_NAME, allocate, plan_rows, planned_items, refusal,
@@ -159,6 +159,7 @@ def curate(
     check_verifier_settings(settings)
     storage = OrderedStorage(out)
     _check_existing_journal(loaded, out, storage)
+    quiet_model_loading()  # the tiny profile's first build writes model shards: no bars before an error line
     resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
     run_settings = RunSettings(
         profile=profile,

@@ -30,6 +30,12 @@ class CampaignProgress:
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
+            if exc[0] is not None:  # refused or stopped: the error line alone, no half-drawn bars
+                for task in self._progress.task_ids:
+                    self._progress.update(task, visible=False)
+                self._progress.live.transient = True
+                self._progress.live.stop()  # Progress.stop would add an empty line when not on a terminal
+                return
             self._progress.__exit__(*exc)
 
     def _started(self):
@@ -95,7 +101,7 @@ def curate(
     state = "complete" if result.complete else "not complete"
     console.print(f"campaign {state}: {counts['stored']} of {counts['total']} image(s) stored, {counts['given_up']} "
                   f"given up, in {out} ({result.runs} run(s) this time, {result.resumed} resumed; "
-                  f"{result.seconds:.1f} s)")
+                  f"{result.seconds:.1f} s)", soft_wrap=True)
     if result.rejected:
-        console.print(f"{result.rejected} row(s) skipped: {Path(out) / 'campaign' / 'rejected.csv'}")
+        console.print(f"{result.rejected} row(s) skipped: {Path(out) / 'campaign' / 'rejected.csv'}", soft_wrap=True)
     typer.echo(str(result.report))
