@@ -101,8 +101,8 @@ def test_a_rename_that_fails_puts_the_old_copy_back(tmp_path, monkeypatch):
 
 
 #: Folders whose files DESIGN.md does not let import generation/ (knowledge, retrieval, evaluation) keep their own
-#: rename; agents/reasoning/lexicon.py caches its lexicon the same way. Everything else goes through generation/files.
-OWN_RENAMES = {"generation/files.py", "knowledge/loader.py", "retrieval/index.py", "agents/reasoning/lexicon.py"}
+#: rename. Everything else goes through generation/files.
+OWN_RENAMES = {"generation/files.py", "knowledge/loader.py", "retrieval/index.py"}
 
 
 def test_only_generation_files_renames_into_place():

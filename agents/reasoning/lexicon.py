@@ -253,19 +253,12 @@ def _matcher(nlp, part: dict):
 
 
 def _write_atomically(path, text: str) -> None:
-    import os
-    import tempfile
+    """Write the cache file with the one atomic writer, keep the newest few, and never fail the plan for it."""
+    from clinisynth.generation.files import write_atomically
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(staging, path)
-        except BaseException:
-            _discard(staging)
-            raise
+        write_atomically(path, text)
         stale = sorted((p for p in path.parent.glob("*.json") if p != path), key=lambda p: p.stat().st_mtime,
                        reverse=True)
         for old in stale[_CACHE_KEEP - 1:]:
