@@ -121,3 +121,93 @@ def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp
     assert result.stdout == ""
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before  # nothing written
     assert (tmp_path / "a-file").read_text(encoding="utf-8") == "keep me"
+
+
+# ``clinisynth curate CAMPAIGN --out OUT``: the campaign file is the case's ``campaign`` (written to
+# {tmp}/campaign.yaml); ``setup`` puts a journal in OUT first. Checked by the test below, and added to CASES
+# after the test above has taken its parameters, so that the README walk sees them.
+CAMPAIGN = 'profile: tiny\nsteps: 2\nitems:\n  - description: "normal chest radiograph"\n    count: 1\n'
+CAMPAIGN_CASES: dict[str, list[dict]] = {
+    "campaign file with an unknown key": [
+        {"campaign": CAMPAIGN + "colour: red\n", "message": "campaign.yaml:6: unknown key 'colour'"},
+        {"campaign": CAMPAIGN.replace("count: 1", "cuont: 1"), "message": "campaign.yaml:5: unknown key 'items[0].cuont'"},
+        {"campaign": CAMPAIGN.replace("steps: 2", "steps: many"), "message": "campaign.yaml:2: steps"},
+    ],
+    "label the generator cannot draw": [
+        {"campaign": "profile: demo\nitems:\n  - description: small left pneumothorax, PA chest radiograph\n"
+                     "    count: 1\n", "message": "cannot draw 'pneumothorax' in chest_xray"},
+    ],
+    "campaign count below 1 or over the limit": [
+        {"campaign": CAMPAIGN.replace("count: 1", "count: 0"), "message": "campaign.yaml:5: items[0].count: must be at least 1"},
+        {"campaign": CAMPAIGN.replace("count: 1", "count: 100001"), "message": "must be at most 100000 (the limit)"},
+        {"campaign": "profile: tiny\nitems_file: rows.csv\n", "rows": "description,count\nnormal chest radiograph,-2\n",
+         "message": "rows.csv:2: count"},
+    ],
+    "campaign item that cannot be planned": [
+        {"campaign": CAMPAIGN + '  - description: "the weather is lovely today"\n    count: 2\n',
+         "message": "campaign.yaml:6: "},
+    ],
+    "output dir holding another campaign": [{"campaign": CAMPAIGN, "setup": "other-campaign",
+                                             "message": "holds another campaign ('other'"}],
+    "journal from another campaign": [
+        {"campaign": CAMPAIGN, "setup": "foreign-journal", "message": "is from another campaign's output"},
+        {"campaign": CAMPAIGN, "setup": "not-a-journal", "message": "is not a campaign journal"},
+    ],
+    "campaign file changed since its journal was made": [
+        {"campaign": CAMPAIGN, "setup": "changed-campaign", "message": "items[0].count: 3 -> 1"},
+    ],
+}
+
+
+def _journal_setup(setup: str, out: Path, campaign: Path) -> None:
+    from clinisynth.curation.journal import Journal, PlannedItem, journal_path
+    from clinisynth.curation.spec import load_campaign
+
+    path = journal_path(out)
+    if setup == "not-a-journal":
+        path.parent.mkdir(parents=True)
+        path.write_text("a note, not a database\n" * 20, encoding="utf-8")
+        return
+    source = campaign.parent / "made-from" / campaign.name  # the same file name: rows name their file
+    source.parent.mkdir()
+    source.write_text(CAMPAIGN.replace("count: 1", "count: 3") if setup == "changed-campaign" else CAMPAIGN,
+                      encoding="utf-8")
+    loaded = load_campaign(source)
+    name = {"other-campaign": "other"}.get(setup, "campaign")
+    item = PlannedItem(item=1, key="1", source="campaign.yaml", line=4, description="normal chest radiograph",
+                       modality="chest_xray", label="normal", count=1, seed=5)
+    with Journal.create(path, name=name, fingerprint=loaded.fingerprint(), canonical=loaded.canonical(),
+                        parameters={}, items=[item]) as journal:
+        if setup == "foreign-journal":  # it records an image and a run that are not in this output dir
+            (chunk,) = journal.open_chunks(16)
+            chunk = journal.start_run(chunk, "20261121T000000.000000Z-00000000")
+            journal.finish_run(chunk, status="complete", stored={0: ("chest_xray/normal/normal_000001.png", 5)},
+                               seconds=1.0)
+    source.unlink()
+    source.parent.rmdir()
+
+
+@pytest.mark.parametrize("phrase, number", [(p, i) for p, cases in CAMPAIGN_CASES.items() for i in range(len(cases))])
+def test_a_bad_campaign_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, phrase, number):
+    case = CAMPAIGN_CASES[phrase][number]
+    campaign, out = tmp_path / "campaign.yaml", tmp_path / "out"
+    campaign.write_text(case["campaign"], encoding="utf-8")
+    if "rows" in case:
+        (tmp_path / "rows.csv").write_text(case["rows"], encoding="utf-8")
+    if "setup" in case:
+        _journal_setup(case["setup"], out, campaign)
+    before = {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()}
+    result = CliRunner(env={"CLINISYNTH_CACHE_DIR": str(cache_dir), "CLINISYNTH_CONFIG": None}).invoke(
+        app, ["curate", str(campaign), "--out", str(out)])
+
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit), f"not a handled error: {result.exception!r}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert case["message"] in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()} == before
+    assert sorted(tmp_path.rglob("*")) == sorted(set(before) | {p for p in tmp_path.rglob("*") if p.is_dir()})
+
+
+CASES.update(CAMPAIGN_CASES)
