@@ -79,13 +79,13 @@ def plan(text: str, *, settings: Settings | None = None):
     return get_planner(settings).plan(text)
 
 
-def resolve_generator_profile(profile: str, *, settings: Settings | None = None):
+def resolve_generator_profile(profile: str, *, settings: Settings | None = None, build: bool = True):
     """The :class:`~clinisynth.generation.profiles.ModelProfile` called ``profile`` (builds the tiny one on first
-    use); loads nothing."""
+    use unless ``build`` is false); loads nothing."""
     from clinisynth.generation.profiles import resolve_profile
 
     settings = settings or Settings()
-    return resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
+    return resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides(), build=build)
 
 
 def load_generator(*, profile: str, settings: Settings | None = None):
@@ -202,9 +202,9 @@ def generate(
                                    directory_given=directory is not None)
     else:
         choice = resumed_choice(parameters.get("adapters", []), run_id=resume)
-    resolved = resolve_generator_profile(profile, settings=settings)
-    steps = steps if steps is not None else resolved.default_steps
-    guidance = guidance if guidance is not None else resolved.default_guidance
+    defaults = resolve_generator_profile(profile, settings=settings, build=False)  # builds nothing yet
+    steps = steps if steps is not None else defaults.default_steps
+    guidance = guidance if guidance is not None else defaults.default_guidance
     planner = get_planner(settings)
     planned = None
     if resume is None:
@@ -216,6 +216,7 @@ def generate(
         checked = checkpointed_plan(OrderedStorage(Path(out)), resume)  # planned when the run started
     modality_id = checked.modality.id
     try:
+        resolved = resolve_generator_profile(profile, settings=settings)
         if resume is None:
             requested.check_plan(modality=modality_id, label=checked.label)  # named adapters, before any load
             entries = requested.named

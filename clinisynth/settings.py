@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     best_of: int = Field(default=1, ge=MIN_BEST_OF, le=MAX_BEST_OF, description="candidates per image and round; the best that passes is kept")
     classifiers_dir: Path | None = Field(
         default=None, description="folder of verifier classifiers, one sub-folder per modality; the shipped ones when unset")
+    adapters_dir: Path | None = Field(
+        default=None, description="folder of LoRA adapters, one sub-folder each; the plan's modality and label choose "
+        "one; the shipped clinisynth.models adapters folder when unset")
     clip_model: str | None = Field(
         default=None, description="open_clip model (local dir or hf-hub: id) for the CLIP score; BiomedCLIP in full")
     memorisation_data: dict[str, Path] = Field(

@@ -20,7 +20,9 @@ recorded base model or text encoder signature differs from the loaded ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ class AdapterCard:
         text_encoder_lora: carries a LoRA of the text encoder (``text_encoder/``).
         prompts: a typical training caption per label.
         data, metrics: free-form provenance.
+        card_sha256: SHA-256 of the card file as read: names this exact adapter in metadata and traces.
     """
 
     name: str
@@ -86,6 +89,12 @@ class AdapterCard:
     prompts: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    card_sha256: str = ""
+
+    def describe(self, *, weight: float) -> dict[str, Any]:
+        """What metadata and traces record of this adapter at ``weight``."""
+        return {"name": self.name, "weight": float(weight), "card_sha256": self.card_sha256,
+                "modality": self.modality, "labels": list(self.labels)}
 
 
 # --- signatures ----------------------------------------------------------------------------------------------
@@ -134,7 +143,8 @@ def read_card(directory: Path) -> AdapterCard:
         raise AdapterError(f"adapter {directory} lacks {', '.join(missing)}; an adapter folder needs "
                            f"{', '.join(REQUIRED_FILES)} (as `clinisynth train lora` writes)")
     try:
-        raw = json.loads((directory / CARD_DATA).read_text())
+        card_bytes = (directory / CARD_DATA).read_bytes()
+        raw = json.loads(card_bytes)
         card = AdapterCard(
             name=directory.name, path=directory, base_model=str(raw["base_model"]),
             text_encoder=str(raw["text_encoder"]), modality=str(raw["modality"]),
@@ -144,7 +154,7 @@ def read_card(directory: Path) -> AdapterCard:
             max_length=int(raw.get("max_length", 128)), projection=bool(raw.get("projection", False)),
             text_encoder_lora=bool(raw.get("text_encoder_lora", False)),
             prompts=dict(raw.get("prompts", {})), data=dict(raw.get("data", {})),
-            metrics=dict(raw.get("metrics", {})),
+            metrics=dict(raw.get("metrics", {})), card_sha256=hashlib.sha256(card_bytes).hexdigest(),
         )
     except (ValueError, KeyError, TypeError) as error:
         raise AdapterError(f"adapter card {directory / CARD_DATA} is malformed ({type(error).__name__}: {error})") \
@@ -204,11 +214,14 @@ class AdapterRegistry:
                                f"{', '.join(card.labels)}")
         return card
 
-    def choose(self, *, modality, label: str | None) -> AdapterCard | None:
+    def choose(self, *, modality, label: str | None, usable=None) -> AdapterCard | None:
         """The adapter for ``modality`` (an id or ``{id, term}``) and ``label``, or ``None`` when the modality has none.
 
         Among adapters of the modality that know the label, the one trained on the fewest labels (most specific)
         wins, ties by name.
+
+        Args:
+            usable: ``card -> bool``; adapters it refuses (trained on another base model, say) are not considered.
 
         Raises:
             AdapterError: the modality has adapters but none knows ``label`` (the message lists their labels).
@@ -216,7 +229,7 @@ class AdapterRegistry:
         modality_id = _modality_id(modality)
         if modality_id is None:
             return None
-        of_modality = [c for c in self.cards() if c.modality == modality_id]
+        of_modality = [c for c in self.cards() if c.modality == modality_id and (usable is None or usable(c))]
         if not of_modality:
             return None
         if label is None:
@@ -228,10 +241,245 @@ class AdapterRegistry:
                                f"{', '.join(known)}")
         return min(fitting, key=lambda c: (len(c.labels), c.name))
 
-    def for_plan(self, plan) -> AdapterCard | None:
+    def for_plan(self, plan, *, usable=None) -> AdapterCard | None:
         """:meth:`choose` with the plan's ``modality`` and ``label`` (a dict or an object with those fields)."""
         get = plan.get if isinstance(plan, dict) else (lambda key: getattr(plan, key, None))
-        return self.choose(modality=get("modality"), label=get("label"))
+        return self.choose(modality=get("modality"), label=get("label"), usable=usable)
+
+
+# --- what a run asks for, checked before any model loads ------------------------------------------------------
+
+#: Adapter weights a run accepts (the generator's own bound).
+MIN_WEIGHT, MAX_WEIGHT = -4.0, 4.0
+
+
+def parse_adapter_spec(spec: str) -> tuple[str, float]:
+    """``PATH_OR_NAME[:WEIGHT]`` -> ``(path_or_name, weight)``; weight 1 when none is given.
+
+    Raises:
+        AdapterError: empty, or a weight that is not a number from -4 to 4.
+    """
+    text = str(spec).strip()
+    reference, weight = text, 1.0
+    head, colon, tail = text.rpartition(":")
+    if colon and not Path(text).exists():
+        try:
+            weight = float(tail)
+        except ValueError:
+            raise AdapterError(f"--adapter {text!r}: the weight after ':' must be a number, got {tail!r} "
+                               "(write NAME_OR_PATH[:WEIGHT], e.g. chest_pneumonia:0.8)") from None
+        reference = head.strip()
+    if not reference:
+        raise AdapterError(f"--adapter {text!r} names no adapter; write NAME_OR_PATH[:WEIGHT]")
+    if not math.isfinite(weight) or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise AdapterError(f"--adapter {text!r}: the weight must be from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}, got {weight:g}")
+    return reference, weight
+
+
+def looks_like_path(reference: str) -> bool:
+    """A reference with a path separator, or one that exists on disk, is a folder; else an adapter name."""
+    return "/" in reference or "\\" in reference or reference.startswith((".", "~")) or Path(reference).exists()
+
+
+def check_combinable(cards: list[AdapterCard]) -> None:
+    """Refuse adapters that cannot run together, from their cards alone (before any model loads).
+
+    Raises:
+        AdapterError: the same adapter twice; more than one text projection; an adapter that trained the text
+            encoder beside another; adapters trained on different base models, text encoders or token lengths.
+    """
+    names = [card.name for card in cards]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise AdapterError(f"adapter {twice[0]!r} is named twice; name each adapter once")
+    if len(cards) < 2:
+        return
+    with_projection = [card.name for card in cards if card.projection]
+    if len(with_projection) > 1:
+        raise AdapterError(f"adapters {with_projection[0]!r} and {with_projection[1]!r} each carry a text projection, "
+                           "so they cannot combine; use one of them")
+    with_encoder = [card.name for card in cards if card.text_encoder_lora]
+    if with_encoder:
+        other = next(card.name for card in cards if card.name != with_encoder[0])
+        raise AdapterError(f"adapter {with_encoder[0]!r} trained the text encoder too, so it runs alone and cannot "
+                           f"combine with {other!r}; use it alone")
+    first = cards[0]
+    for card in cards[1:]:
+        for what, mine, theirs in (("base model", first.base_signature, card.base_signature),
+                                   ("text encoder", first.text_encoder_signature, card.text_encoder_signature)):
+            if not signatures_match(mine, theirs):
+                raise AdapterError(f"adapters {first.name!r} and {card.name!r} were trained on different {what}s, so "
+                                   "they cannot combine; use adapters trained on the same one")
+        if card.max_length != first.max_length:
+            raise AdapterError(f"adapters {first.name!r} and {card.name!r} encode prompts with different token lengths "
+                               f"({first.max_length} and {card.max_length}), so they cannot combine")
+
+
+def check_fits_plan(card: AdapterCard, *, modality: str | None, label: str | None) -> None:
+    """Refuse a named adapter that was not trained on the plan's modality and label.
+
+    Raises:
+        AdapterError: naming what the adapter was trained on.
+    """
+    if modality is not None and card.modality != modality:
+        raise AdapterError(f"adapter {card.name!r} was trained on {card.modality}, not {modality}; name an adapter of "
+                           "that modality or leave --adapter out")
+    if label is not None and label not in card.labels:
+        raise AdapterError(f"adapter {card.name!r} was not trained on label {label!r}; it knows "
+                           f"{', '.join(card.labels)}")
+
+
+@dataclass
+class AdapterChoice:
+    """The adapters one run uses and why: what the trace records and the generator is set to.
+
+    Args:
+        mode: ``named`` (the user named them), ``by plan`` (chosen from the adapters folder by the plan's modality
+            and label) or ``none`` (the base model alone).
+        entries: ``(card, weight)`` pairs, in order.
+        reason: one sentence for the trace.
+        directory: the adapters folder consulted (``None`` when there is none).
+        requested: what the user asked for, as given.
+        skipped: adapters of the plan's modality left out by the automatic choice, with why.
+    """
+
+    mode: str
+    entries: list[tuple[AdapterCard, float]]
+    reason: str
+    directory: Path | None = None
+    requested: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def covers(self, *, modality: str | None, label: str | None) -> bool:
+        """Some chosen adapter was trained on this modality and label (so the base need not cover it)."""
+        return any(card.modality == modality and label in card.labels for card, _ in self.entries)
+
+    def record(self) -> dict[str, Any]:
+        """The trace's ``adapters`` entry (``chosen`` items also carry the folder, for a resume)."""
+        return {
+            "mode": self.mode,
+            "reason": self.reason,
+            "adapters_dir": str(self.directory) if self.directory is not None else None,
+            "requested": list(self.requested),
+            "chosen": [{**card.describe(weight=weight), "path": str(card.path)} for card, weight in self.entries],
+            "skipped": list(self.skipped),
+        }
+
+
+class AdapterRequest:
+    """What a run asks for, checked before any model loads: named adapters, or the choice by plan from a folder.
+
+    Args:
+        specs: ``NAME_OR_PATH[:WEIGHT]`` strings or ``(name_or_path, weight)`` pairs; empty for the choice by plan.
+        directory: the adapters folder (names are looked up there; the choice by plan reads it).
+        directory_given: the user set ``directory`` (it must then be a folder); the shipped default may be absent.
+
+    Raises:
+        AdapterError: a folder that is not one, an unknown name or a missing adapter folder, a bad weight, a broken
+            card, or adapters that cannot combine.
+    """
+
+    def __init__(self, specs=(), *, directory: Path | None, directory_given: bool) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None else None
+        if self.directory is not None and not self.directory.is_dir():
+            if directory_given:
+                what = "a file" if self.directory.exists() else "missing"
+                raise AdapterError(f"adapters_dir {self.directory} is not a folder ({what}); point --adapters-dir or "
+                                   "CLINISYNTH_ADAPTERS_DIR at a folder of adapter folders")
+            self.directory = None
+        self.registry = AdapterRegistry(self.directory) if self.directory is not None else None
+        self.requested: list[str] = []
+        self.named: list[tuple[AdapterCard, float]] = []
+        for spec in specs or ():
+            if isinstance(spec, (tuple, list)):
+                reference, weight = str(spec[0]), float(spec[1])
+                parse_adapter_spec(f"x:{weight}")  # the same range check
+                self.requested.append(f"{reference}:{weight:g}")
+            else:
+                reference, weight = parse_adapter_spec(str(spec))
+                self.requested.append(str(spec))
+            self.named.append((self._card(reference), weight))
+        check_combinable([card for card, _ in self.named])
+
+    def _card(self, reference: str) -> AdapterCard:
+        if looks_like_path(reference):
+            folder = Path(reference).expanduser()
+            if not folder.is_dir():
+                raise AdapterError(f"adapter folder {folder} does not exist; name an adapter of the adapters folder "
+                                   "or give the path of an adapter folder")
+            return read_card(folder)
+        if self.registry is None:
+            raise AdapterError(f"no adapter named {reference!r}: there is no adapters folder; set --adapters-dir or "
+                               "give the adapter's path")
+        return self.registry.get(reference)
+
+    def check_plan(self, *, modality: str | None, label: str | None) -> None:
+        """Refuse named adapters not trained on the plan's modality and label (before any model loads)."""
+        for card, _ in self.named:
+            check_fits_plan(card, modality=modality, label=label)
+
+    def choose(self, *, modality: str | None, label: str | None, problem=None) -> AdapterChoice:
+        """The run's adapters: the named ones, else the folder's adapter for this modality and label, else none.
+
+        Args:
+            problem: ``card -> str | None``, why an adapter cannot run on the loaded base models
+                (:meth:`clinisynth.generation.pipeline.Generator.adapter_problem`); such adapters are not chosen.
+        """
+        where = str(self.directory) if self.directory is not None else None
+        if self.named:
+            self.check_plan(modality=modality, label=label)
+            names = ", ".join(f"{card.name}:{weight:g}" for card, weight in self.named)
+            return AdapterChoice(mode="named", entries=list(self.named), directory=self.directory,
+                                 requested=self.requested, reason=f"named by the user ({names})")
+        if self.registry is None:
+            return AdapterChoice(mode="none", entries=[], directory=None,
+                                 reason="no adapters folder: the base model draws it")
+        of_modality = [card for card in self.registry.cards() if card.modality == modality]
+        skipped = []
+        for card in of_modality:
+            why = problem(card) if problem is not None else None
+            if why:
+                skipped.append({"name": card.name, "why": why})
+        unusable = {entry["name"] for entry in skipped}
+        usable = [card for card in of_modality if card.name not in unusable]
+        if not usable:
+            because = (f"no adapter in {where} is for {modality}" if not of_modality else
+                       f"no adapter in {where} for {modality} fits the loaded base model")
+            return AdapterChoice(mode="none", entries=[], directory=self.directory, skipped=skipped,
+                                 reason=f"{because}: the base model draws it")
+        try:
+            card = self.registry.choose(modality=modality, label=label, usable=lambda c: c.name not in unusable)
+        except AdapterError:
+            known = sorted({x for c in usable for x in c.labels})
+            return AdapterChoice(mode="none", entries=[], directory=self.directory, skipped=skipped,
+                                 reason=f"the adapters in {where} for {modality} know {', '.join(known)}, not "
+                                        f"{label!r}: the base model draws it")
+        fitting = [c for c in usable if label in c.labels]
+        return AdapterChoice(
+            mode="by plan", entries=[(card, 1.0)], directory=self.directory, skipped=skipped,
+            reason=(f"chosen by the plan ({modality} / {label}): {card.name!r} is the most specific of the "
+                    f"{len(fitting)} adapter(s) in {where} for {modality} that know {label!r} and fit the base model "
+                    f"(it knows {len(card.labels)} label(s))"))
+
+
+def resumed_choice(entries: list[dict], *, run_id: str) -> AdapterChoice:
+    """The adapters a run started with (its trace's ``parameters.adapters``), each checked unchanged since.
+
+    Raises:
+        AdapterError: an adapter folder is gone or its card changed.
+    """
+    cards = []
+    for entry in entries:
+        folder = Path(entry["path"])
+        if not folder.is_dir():
+            raise AdapterError(f"run {run_id} ran with adapter {entry['name']!r} from {folder}, which is gone; restore "
+                               "it to resume the run")
+        card = read_card(folder)
+        if card.card_sha256 != entry["card_sha256"]:
+            raise AdapterError(f"adapter {entry['name']!r} at {folder} changed since run {run_id} started (card hash "
+                               f"{card.card_sha256[:12]} vs {entry['card_sha256'][:12]}); restore it to resume the run")
+        cards.append((card, float(entry["weight"])))
+    return AdapterChoice(mode="resumed", entries=cards, reason=f"the adapters run {run_id} started with")
 
 
 # --- loading into a U-Net --------------------------------------------------------------------------------------
@@ -297,17 +545,27 @@ def read_adapter_weights(card: AdapterCard, *, unet) -> tuple[dict, dict]:
     return state, kwargs
 
 
+def compatibility_problem(card: AdapterCard, *, base_signature, text_encoder_signature,
+                          max_length: int | None = None) -> str | None:
+    """Why ``card`` does not fit a base U-Net and text encoder with these signatures (``None`` when it fits)."""
+    if not signatures_match(card.base_signature, base_signature):
+        return (f"adapter {card.name!r} was trained on base model {card.base_model!r}, whose weights differ "
+                "from the loaded generator's; use an adapter trained on this base model")
+    if not signatures_match(card.text_encoder_signature, text_encoder_signature):
+        return (f"adapter {card.name!r} was trained with text encoder {card.text_encoder!r}, which differs "
+                "from the loaded text encoder; use an adapter trained with this encoder")
+    if max_length is not None and card.max_length != max_length:
+        return (f"adapter {card.name!r} was trained with max_length {card.max_length}, the profile encodes "
+                f"with {max_length}; set the profile's max_length to {card.max_length}")
+    return None
+
+
 def check_compatible(card: AdapterCard, *, unet, text_encoder, max_length: int | None = None) -> None:
     """Refuse an adapter trained on another base U-Net or text encoder (by weight signature)."""
-    if not signatures_match(card.base_signature, unet_signature(unet)):
-        raise AdapterError(f"adapter {card.name!r} was trained on base model {card.base_model!r}, whose weights differ "
-                           "from the loaded generator's; use an adapter trained on this base model")
-    if not signatures_match(card.text_encoder_signature, encoder_signature(text_encoder)):
-        raise AdapterError(f"adapter {card.name!r} was trained with text encoder {card.text_encoder!r}, which differs "
-                           "from the loaded text encoder; use an adapter trained with this encoder")
-    if max_length is not None and card.max_length != max_length:
-        raise AdapterError(f"adapter {card.name!r} was trained with max_length {card.max_length}, the profile encodes "
-                           f"with {max_length}; set the profile's max_length to {card.max_length}")
+    problem = compatibility_problem(card, base_signature=unet_signature(unet),
+                                    text_encoder_signature=encoder_signature(text_encoder), max_length=max_length)
+    if problem:
+        raise AdapterError(problem)
 
 
 def inject_adapter(unet, card: AdapterCard, *, adapter_name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from clinisynth.generation.adapters import AdapterError
@@ -177,6 +178,7 @@ class Generator:
         self._adapters: dict[str, dict] = {}  # name -> {"card", "weight"}
         self._fused = False
         self._unfused_base: dict = {}
+        self._signatures: tuple | None = None
 
     @classmethod
     def from_profile(cls, profile: ModelProfile, *, device: str | None = None, dtype=None, adapters=None,
@@ -338,11 +340,63 @@ class Generator:
             unet.unload_lora()  # the LoRA layers go; the base layers are back in place
             unet.enable_lora()
 
+    def use_adapters(self, adapters) -> None:
+        """Run with exactly these adapters from now on, swapping in place: the base models are never reloaded.
+
+        Adapters already loaded (same name and card) stay, the others are unloaded and the missing ones loaded,
+        then the weights are set; with none the U-Net is the base model again, exactly. An adapter that does not
+        fit (keys, base model, text encoder) raises before the U-Net changes; the adapters this call loaded are
+        unloaded again.
+
+        Args:
+            adapters: what :meth:`from_profile` accepts (cards, directories or ``(card_or_dir, weight)`` pairs).
+        """
+        entries = _adapter_entries(adapters)
+        wanted = {card.name: (card, weight) for card, weight in entries}
+        self.unfuse_adapters()
+        stale = [name for name, entry in self._adapters.items()
+                 if name not in wanted or not _same_card(entry["card"], wanted[name][0])]
+        if stale:
+            self.unload_adapters(stale)
+        loaded = []
+        try:
+            for name, (card, _) in wanted.items():
+                if name not in self._adapters:
+                    self.load_adapter(card)
+                    loaded.append(name)
+            if wanted:
+                self.set_adapter_weights({name: weight for name, (_, weight) in wanted.items()})
+        except BaseException:
+            if loaded:
+                self.unload_adapters(loaded)
+            raise
+
+    def adapter_problem(self, adapter) -> str | None:
+        """Why ``adapter`` cannot run on this generator's base models (``None`` when it can), without loading it."""
+        from clinisynth.generation.adapters import compatibility_problem
+
+        card = _as_card(adapter)
+        base, encoder = self.signatures
+        problem = compatibility_problem(card, base_signature=base, text_encoder_signature=encoder,
+                                        max_length=self.profile.max_length)
+        if problem is None and card.projection and self.projection is None:
+            problem = f"adapter {card.name!r} carries a text projection, which this generator was not built with"
+        return problem
+
+    @property
+    def signatures(self) -> tuple:
+        """``(unet_signature, encoder_signature)`` of the base models (LoRA leaves both unchanged), computed once."""
+        if self._signatures is None:
+            from clinisynth.generation.adapters import encoder_signature, unet_signature
+
+            self._signatures = (unet_signature(self.pipeline.unet), encoder_signature(self.text_encoder))
+        return self._signatures
+
     @property
     def adapters(self) -> list[dict]:
-        """Loaded adapters for metadata: ``[{"name", "weight", "fused", "modality", "labels"}]``."""
-        return [{"name": n, "weight": e["weight"], "fused": self._fused, "modality": e["card"].modality,
-                 "labels": list(e["card"].labels), "text_encoder_lora": e["card"].text_encoder_lora}
+        """Loaded adapters for metadata: ``[{"name", "weight", "card_sha256", "modality", "labels", "fused", ...}]``."""
+        return [{**e["card"].describe(weight=e["weight"]), "name": n, "fused": self._fused,
+                 "text_encoder_lora": e["card"].text_encoder_lora}
                 for n, e in self._adapters.items()]
 
     @property
@@ -468,6 +522,10 @@ def _as_card(adapter):
     if isinstance(adapter, (str, Path)):
         return read_card(Path(adapter))
     raise TypeError(f"an adapter is an AdapterCard or a directory, got {type(adapter).__name__}")
+
+
+def _same_card(a, b) -> bool:
+    return Path(a.path).resolve() == Path(b.path).resolve() and a.card_sha256 == b.card_sha256
 
 
 def _adapter_entries(adapters) -> list:

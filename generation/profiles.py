@@ -176,7 +176,7 @@ def default_demo_generator(cache_dir: Path) -> Path:
     return Path(cache_dir) / "models" / "demo-generator"
 
 
-def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None) -> ModelProfile:
+def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None, build: bool = True) -> ModelProfile:
     """The :class:`ModelProfile` called ``name``.
 
     Args:
@@ -184,6 +184,8 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
         cache_dir: where built models live (``<cache_dir>/models/...``).
         overrides: model locations set by the user, keys from :data:`OVERRIDE_KEYS`
             (``demo_generator``, ``demo_text_encoder``, ``full_generator``, ``full_text_encoder``).
+        build: build the tiny pipeline when it is not in the cache yet; ``False`` only names where it goes (for
+            the defaults a request is checked with before anything is built).
 
     Raises:
         ProfileError: unknown name or override key (the message lists the known ones).
@@ -200,9 +202,9 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
     cache_dir = Path(cache_dir)
 
     if name == "tiny":
-        from clinisynth.generation.tiny import ensure_tiny_pipeline
+        from clinisynth.generation.tiny import ensure_tiny_pipeline, tiny_pipeline_dir
 
-        pipeline_dir = ensure_tiny_pipeline(cache_dir)
+        pipeline_dir = ensure_tiny_pipeline(cache_dir) if build else tiny_pipeline_dir(cache_dir)
         return ModelProfile(
             name="tiny",
             text_encoder=str(pipeline_dir / "text_encoder"),

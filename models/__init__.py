@@ -8,3 +8,5 @@ MODELS_DIR = Path(__file__).resolve().parent
 CLASSIFIERS_DIR = MODELS_DIR / "classifiers"
 #: The ``demo`` profile's generator (``clinisynth train scratch``), when shipped.
 DEMO_GENERATOR_DIR = MODELS_DIR / "demo-generator"
+#: The default ``adapters_dir``: one LoRA adapter folder per sub-folder (``clinisynth train lora``), may be empty.
+ADAPTERS_DIR = MODELS_DIR / "adapters"

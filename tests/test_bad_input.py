@@ -79,7 +79,62 @@ CASES: dict[str, list[dict]] = {
     ],
     "missing model": [{"args": ["--profile", "demo"], "env": {"CLINISYNTH_DEMO_GENERATOR": "{tmp}/empty-generator"},
                        "message": "CLINISYNTH_DEMO_GENERATOR"}],
+    # "{lib}": tiny adapters that fit (chest_all, chest_pneumonia); "{bad}": broken ones (see adapter_libraries).
+    "for another base model or text encoder": [
+        {"args": ["--adapter", "{bad}/other_base"], "message": "trained on base model"},
+        {"args": ["--adapter", "{bad}/other_encoder:0.5"], "message": "trained with text encoder"},
+    ],
+    "with missing keys": [{"args": ["--adapter", "{bad}/missing_keys"], "message": "missing key"}],
+    "for a label it was not trained on": [{"args": ["--adapter", "{lib}/chest_pneumonia"],
+                                           "message": "not trained on label 'pleural_effusion'"}],
+    "two adapters that cannot combine": [
+        {"args": ["--adapter", "{bad}/with_encoder", "--adapter", "{lib}/chest_all"], "message": "cannot combine"},
+        {"args": ["--adapter", "{lib}/chest_all", "--adapter", "{bad}/other_length"], "message": "cannot combine"},
+        {"args": ["--adapter", "{lib}/chest_all", "--adapter", "{lib}/chest_all:0.5"], "message": "named twice"},
+    ],
+    "an unknown adapter name": [
+        {"args": ["--adapter", "chest_nothing", "--adapters-dir", "{lib}"], "message": "no adapter named 'chest_nothing'"},
+        {"args": ["--adapter", "{tmp}/no-such-adapter"], "message": "does not exist"},
+    ],
+    "weight outside -4..4": [{"args": ["--adapter", "{lib}/chest_all:5"], "message": "from -4 to 4"},
+                             {"args": ["--adapter", "{lib}/chest_all:heavy"], "message": "must be a number"}],
+    "`adapters_dir` that is not a folder": [
+        {"args": ["--adapters-dir", "{tmp}/a-file"], "message": "adapters_dir"},
+        {"env": {"CLINISYNTH_ADAPTERS_DIR": "{tmp}/nowhere"}, "message": "adapters_dir"},
+    ],
 }
+
+
+@pytest.fixture(scope="module")
+def adapter_libraries(cache_dir, tmp_path_factory) -> dict[str, Path]:
+    """``{lib}``: adapters for the tiny base; ``{bad}``: one per way an adapter can be wrong. Built on first use."""
+    import json as json_module
+
+    from _adapter_helpers import edit_card, make_adapter
+    from safetensors.torch import load_file, save_file
+
+    from clinisynth.generation.pipeline import Generator
+    from clinisynth.generation.profiles import resolve_profile
+
+    base = Generator.from_profile(resolve_profile("tiny", cache_dir=cache_dir), device="cpu")
+    lib, bad = tmp_path_factory.mktemp("adapters"), tmp_path_factory.mktemp("bad-adapters")
+    make_adapter(lib / "chest_all", base, seed=2, labels=["normal", "pneumonia", "pleural_effusion"])
+    make_adapter(lib / "chest_pneumonia", base, seed=3, labels=["pneumonia"])
+    for name, seed in (("other_base", 4), ("other_encoder", 5), ("missing_keys", 6), ("with_encoder", 7),
+                       ("other_length", 8)):
+        make_adapter(bad / name, base, seed=seed, labels=["pleural_effusion"])
+    card = json_module.loads((bad / "other_base" / "clinisynth_adapter.json").read_text())
+    edit_card(bad / "other_base", base_signature=[card["base_signature"][0], *(v + 0.5 for v in card["base_signature"][1:])])
+    edit_card(bad / "other_encoder",
+              text_encoder_signature=[*card["text_encoder_signature"][:2], *(v + 0.5 for v in card["text_encoder_signature"][2:])])
+    weights = bad / "missing_keys" / "pytorch_lora_weights.safetensors"
+    save_file(dict(list(load_file(str(weights)).items())[2:]), str(weights))
+    (bad / "with_encoder" / "text_encoder").mkdir()
+    for file_name in ("adapter_model.safetensors", "adapter_config.json"):
+        (bad / "with_encoder" / "text_encoder" / file_name).write_bytes((bad / "with_encoder" / file_name).read_bytes())
+    edit_card(bad / "with_encoder", text_encoder_lora=True)
+    edit_card(bad / "other_length", max_length=77)
+    return {"{lib}": lib, "{bad}": bad}
 
 
 def test_every_case_the_readme_lists_is_checked_here_and_the_other_way_round():
@@ -92,8 +147,18 @@ def test_every_case_the_readme_lists_is_checked_here_and_the_other_way_round():
 
 
 @pytest.mark.parametrize("phrase, number", [(phrase, i) for phrase, cases in CASES.items() for i in range(len(cases))])
-def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, monkeypatch, phrase, number):
+def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, monkeypatch, request, phrase,
+                                                                  number):
     case = CASES[phrase][number]
+    places = {"{tmp}": str(tmp_path)}
+    if any(key in json.dumps(case) for key in ("{lib}", "{bad}")):
+        places.update({key: str(path) for key, path in request.getfixturevalue("adapter_libraries").items()})
+
+    def placed(value: str) -> str:
+        for key, path in places.items():
+            value = value.replace(key, path)
+        return value
+
     (tmp_path / "a-file").write_text("keep me", encoding="utf-8")
     (tmp_path / "empty-generator").mkdir()
     if case.get("setup") == "unwritable":
@@ -105,9 +170,9 @@ def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp
     before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
     out = tmp_path / case.get("out", "out")
     env = {"CLINISYNTH_CACHE_DIR": str(cache_dir), "CLINISYNTH_CONFIG": None}
-    env.update({key: value.replace("{tmp}", str(tmp_path)) for key, value in case.get("env", {}).items()})
+    env.update({key: placed(value) for key, value in case.get("env", {}).items()})
     result = CliRunner(env=env).invoke(app, ["generate", case.get("text", REQUEST), "--out", str(out), "-n", "1",
-                                             *case.get("args", [])])
+                                             *(placed(arg) for arg in case.get("args", []))])
     if (tmp_path / "locked").exists():
         (tmp_path / "locked").chmod(0o700)
 

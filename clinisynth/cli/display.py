@@ -60,6 +60,10 @@ def show_trace(trace: dict, console: Console | None = None) -> None:
     console.print(f"[bold]parameters[/bold] {_short(trace.get('parameters'), 400)}")
     if trace.get("error"):
         console.print(f"[red]error[/red] {trace['error']}")
+    if trace.get("adapters"):
+        chosen = ", ".join(f"{a['name']}:{a['weight']:g}" for a in trace["adapters"].get("chosen", [])) or "none"
+        console.print(f"[bold]adapters[/bold] {chosen} ({trace['adapters'].get('mode')}): "
+                      f"{trace['adapters'].get('reason')}", soft_wrap=True)
     for number, event in enumerate(trace.get("events", []), start=1):
         console.print(f"\n[bold cyan]{number}. {event['node']}[/bold cyan]  round {event.get('round', '')}  "
                       f"{event['elapsed_ms']:.1f} ms  started {event.get('started_at', '')}")

@@ -15,6 +15,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing model, not a bug (imported lazily)."""
     from clinisynth.agents.planner import PlanError
     from clinisynth.curation.spec import CampaignError
+    from clinisynth.generation.adapters import AdapterError
     from clinisynth.generation.profiles import ModelNotFoundError, ProfileError
     from clinisynth.generation.storage import StorageError
     from clinisynth.knowledge import KnowledgeError
@@ -22,7 +23,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.verifier_setup import VerifierSetupError
 
     return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError,
-            VerifierSetupError, CampaignError)
+            VerifierSetupError, CampaignError, AdapterError)
 
 
 def fail(message: str) -> None:

@@ -104,6 +104,12 @@ def generate(
     resume: Annotated[Optional[str], typer.Option(
         help="continue the interrupted run RUN_ID in --out from its checkpoint, with its own description and settings",
         metavar="RUN_ID")] = None,
+    adapter: Annotated[Optional[list[str]], typer.Option(
+        "--adapter", metavar="NAME_OR_PATH[:WEIGHT]",
+        help="LoRA adapter to draw with (repeatable; weight 1 by default); none named: the plan chooses one from "
+             "--adapters-dir")] = None,
+    adapters_dir: Annotated[Optional[Path], typer.Option(
+        help="folder of adapter folders (default: setting adapters_dir, else the shipped one)")] = None,
 ) -> None:
     """Plan, generate, verify and file images (each as it passes); every step is traced under OUT/runs/<run_id>/."""
     from rich.console import Console
@@ -113,7 +119,8 @@ def generate(
     if resume is not None:
         given = [name for name, value in (("-n", n), ("--seed", seed), ("--steps", steps), ("--guidance", guidance),
                                           ("--max-rounds", max_rounds), ("--profile", profile),
-                                          ("--best-of", best_of)) if value is not None]
+                                          ("--best-of", best_of), ("--adapter", adapter or None),
+                                          ("--adapters-dir", adapters_dir)) if value is not None]
         if given:
             fail(f"--resume continues the run with its own settings; leave out {', '.join(given)}")
     console = Console(stderr=True)
@@ -124,7 +131,8 @@ def generate(
         with GenerationProgress(console=console, total=n or 4) as progress:
             result = run(text or "", out=out, n=4 if n is None else n, seed=0 if seed is None else seed, steps=steps,
                          guidance=guidance, max_rounds=max_rounds, best_of=best_of, profile=profile,
-                         on_progress=progress.update, resume=resume)
+                         on_progress=progress.update, resume=resume, adapters=adapter or None,
+                         adapters_dir=adapters_dir)
     requested = result.trace.get("parameters", {}).get("n_images", n)
     resumed = " (resumed)" if resume else ""
     console.print(f"run {result.run_id}{resumed}: {result.status}, stored {len(result.stored)} of {requested} image(s) "
