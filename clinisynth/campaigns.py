@@ -3,7 +3,8 @@
 The checks come first and write nothing: the campaign file (every problem with its line), the profile, the
 output dir, a journal already in it (another campaign's, or this one's from a campaign file that has changed
 since), and then every item's plan and whether the generator can draw its label. Only then is
-``DIR/campaign/journal.sqlite`` created, the models loaded once, and the open slots run (``curation/``).
+``DIR/campaign/journal.sqlite`` created, the models loaded once, and the open slots run in this process
+(``curation/``; the Ray scheduler of issue 13 is not implemented).
 """
 
 from __future__ import annotations
@@ -110,8 +111,6 @@ def curate(
     *,
     out: Path | str,
     skip_invalid: bool = False,
-    workers: int = 1,
-    ray_address: str | None = None,
     settings: Settings | None = None,
     on_progress: Callable[[str, dict], None] | None = None,
 ) -> CampaignResult:
@@ -121,7 +120,6 @@ def curate(
         skip_invalid: rows that cannot be run (unplannable, a label the generator cannot draw, a bad items-file
             row) are written to ``DIR/campaign/rejected.csv`` and the others run; without it they refuse the
             campaign, listing each with its line.
-        workers, ray_address: the Ray scheduler (not available yet: anything but one in-process worker is refused).
         on_progress: ``(event, info)`` callback: ``planned``, ``campaign``, ``item``, ``slot``, ``chunk``.
 
     Raises:
@@ -144,9 +142,6 @@ def curate(
     settings = settings or Settings()
     loaded = load_campaign(campaign)
     spec = loaded.campaign
-    if workers != 1 or ray_address is not None:
-        raise CampaignError("--workers and --ray-address need the Ray scheduler, which is not available yet; run "
-                            "the campaign with one in-process worker (leave them out)")
     if spec.verifier_thresholds:
         merged = {modality: dict(values) for modality, values in settings.verifier_thresholds.items()}
         for modality, values in spec.verifier_thresholds.items():

@@ -4,7 +4,7 @@ the interrupted one.
 :func:`plan_rows` plans each row (a row that cannot be planned, or whose label the generator cannot draw, is
 rejected with its line and why); :func:`allocate` turns a balance target into counts; :func:`run_campaign`
 runs every open chunk through a worker and records each run in the journal. Seeds come from the journal
-(campaign seed + item id + slot), so the images do not depend on the order or the number of workers.
+(campaign seed + item id + slot), so a slot's seeds do not depend on the chunking or the order items run in.
 """
 
 from __future__ import annotations

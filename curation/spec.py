@@ -444,7 +444,7 @@ def _read_items_file(path: Path, *, first: int, line: int, source: str):
 
 def item_seed(campaign_seed: int, key: str) -> int:
     """The base seed of an item: from the campaign seed and the item's id only (slot ``s`` starts at base + s),
-    so results do not depend on the order items are run in or on the number of workers."""
+    so a slot's seeds do not depend on the order items are run in or on how slots are chunked."""
     digest = hashlib.sha256(f"clinisynth-campaign:{campaign_seed}:{key}".encode("utf-8")).digest()
     return int.from_bytes(digest[:5], "big")  # < 2**40: room for the round and best-of strides below MAX_SEED
 

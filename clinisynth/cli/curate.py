@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -79,9 +79,6 @@ def curate(
     out: Annotated[Path, typer.Option(help="output dataset directory; the journal is DIR/campaign/journal.sqlite")],
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="write rows that cannot be run to DIR/campaign/rejected.csv and run the others")] = False,
-    workers: Annotated[int, typer.Option(help="parallel workers (needs the Ray scheduler, not available yet)")] = 1,
-    ray_address: Annotated[Optional[str], typer.Option(
-        help="join a Ray cluster (needs the Ray scheduler, not available yet)")] = None,
 ) -> None:
     """Run a curation campaign: plan every item, then generate, verify and file its images, resumable.
 
@@ -95,8 +92,7 @@ def curate(
         from clinisynth.campaigns import curate as run
 
         with CampaignProgress(console) as progress:
-            result = run(campaign, out=out, skip_invalid=skip_invalid, workers=workers, ray_address=ray_address,
-                         on_progress=progress.update)
+            result = run(campaign, out=out, skip_invalid=skip_invalid, on_progress=progress.update)
     counts = result.counts
     state = "complete" if result.complete else "not complete"
     console.print(f"campaign {state}: {counts['stored']} of {counts['total']} image(s) stored, {counts['given_up']} "
