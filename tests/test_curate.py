@@ -148,6 +148,15 @@ def test_balance_targets_give_each_label_its_share(tmp_path):
         allocate(loaded, [*rows, _planned("effusion", "4", 4)])
 
 
+def test_a_campaign_over_the_total_limit_is_refused(tmp_path, monkeypatch):
+    from clinisynth.curation import scheduler
+
+    monkeypatch.setattr(scheduler, "MAX_CAMPAIGN_IMAGES", 6)
+    loaded = load_campaign(_write(tmp_path, "balance:\n  per_label: 4\nitems:\n  - description: a\n"))
+    with pytest.raises(CampaignError, match="asks for 8 images, more than the limit of 6"):
+        allocate(loaded, [_planned("pneumonia", "1", 1), _planned("normal", "2", 2)])
+
+
 # --- journal and scheduler, with a stand-in worker ----------------------------------------------------------
 
 class RecordingWorker:
