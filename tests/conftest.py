@@ -8,6 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The wiring is tested on the tiny profile (fast, any modality); tests of the shipped demo generator name it.
 os.environ.setdefault("CLINISYNTH_PROFILE", "tiny")
+# Subprocesses (`python -m clinisynth...`, `-c`) must import the installed package, not the source folder
+# clinisynth/ of the checkout that `-m` / `-c` would put first on sys.path (CI installs non-editable).
+os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 from pathlib import Path  # noqa: E402
 

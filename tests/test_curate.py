@@ -366,7 +366,7 @@ def test_kill_9_of_the_driver_then_rerun_completes_with_nothing_lost_or_repeated
     before = _records(out) if (out / "metadata.jsonl").exists() else []
 
     again = subprocess.run([sys.executable, "-m", "clinisynth.cli.main", "curate", str(campaign), "--out", str(out)],
-                           env=_env(cache_dir), capture_output=True, text=True, timeout=600)
+                           env=_env(cache_dir), capture_output=True, text=True, timeout=600, cwd=out.parent)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _campaign_state(out) == reference  # the same slots, labels and seeds as the uninterrupted campaign
     after_records = {r["file_name"]: r for r in _records(out)}
