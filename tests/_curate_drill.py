@@ -9,43 +9,17 @@ Usage: python tests/_curate_drill.py CAMPAIGN OUT WHERE N
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-from pathlib import Path
+
+from _kill_drill import kill_at  # PYTHONPATH holds tests/ (see test_curate._env)
 
 
 def main() -> None:
     campaign, out, where, after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    seen = [0]
-
-    def tick() -> None:
-        seen[0] += 1
-        if seen[0] == after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    if where == "generate":
-        from clinisynth.agents import nodes
-
-        save = nodes._save_png_atomically
-
-        def save_then_maybe_die(image, path):
-            save(image, path)
-            tick()
-
-        nodes._save_png_atomically = save_then_maybe_die
-    elif where == "store":
-        from clinisynth.generation import storage
-
-        write = storage.write_atomically
-
-        def write_then_maybe_die(path, data):
-            write(path, data)
-            if Path(path).suffix == ".png":
-                tick()
-
-        storage.write_atomically = write_then_maybe_die
-    elif where == "journal":
+    if where not in ("generate", "store", "journal", "none"):
+        raise SystemExit(f"unknown WHERE {where!r}")
+    tick = kill_at(where, after)
+    if where == "journal":
         from clinisynth.curation.journal import Journal
 
         finish = Journal.finish_run
@@ -55,8 +29,6 @@ def main() -> None:
             return finish(self, *args, **kwargs)
 
         Journal.finish_run = die_before_recording
-    elif where != "none":
-        raise SystemExit(f"unknown WHERE {where!r}")
     from clinisynth.cli.main import app
 
     app(["curate", campaign, "--out", out])

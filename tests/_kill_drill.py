@@ -15,8 +15,9 @@ from pathlib import Path
 REQUEST = "moderate right pleural effusion with basal atelectasis, PA chest radiograph"
 
 
-def main() -> None:
-    out, where, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def kill_at(where: str, after: int) -> "callable":
+    """Arrange a SIGKILL of this process at the ``after``-th candidate save (``generate``) or stored PNG
+    (``store``); ``none`` kills nothing. Returns the ``tick`` that counts towards the kill, for other points."""
     seen = [0]
 
     def tick() -> None:
@@ -45,8 +46,14 @@ def main() -> None:
                 tick()
 
         storage.write_atomically = write_then_maybe_die
-    elif where != "none":
+    return tick
+
+
+def main() -> None:
+    out, where, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if where not in ("generate", "store", "none"):
         raise SystemExit(f"unknown WHERE {where!r}")
+    kill_at(where, after)
     from clinisynth.cli.main import app
 
     app(["generate", REQUEST, "-n", "4", "--out", out, "--seed", "11", "--profile", "tiny"])
