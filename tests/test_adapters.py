@@ -10,38 +10,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
+from _adapter_helpers import MODALITY, make_adapter
 
 from clinisynth.generation import adapters as adapters_module
 from clinisynth.generation.adapters import AdapterError, AdapterRegistry, read_card
 from clinisynth.generation.pipeline import Generator
 from clinisynth.generation.profiles import resolve_profile
-
-MODALITY = "modality.chest_xray"
-
-
-def _make_adapter(directory: Path, generator: Generator, *, seed: int, labels, modality=MODALITY, rank=4,
-                  targets=("to_q", "to_k", "to_v", "to_out.0")) -> Path:
-    """A LoRA with random non-zero weights on a copy of the tiny U-Net, written with save_adapter."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    from clinisynth.training.lora import add_lora
-
-    unet = UNet2DConditionModel.from_pretrained(str(Path(generator.profile.generator) / "unet"))
-    config = add_lora(unet, rank=rank, alpha=rank, target_modules=targets)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.3)
-    card = {"base_model": generator.profile.generator, "text_encoder": generator.profile.text_encoder,
-            "modality": modality, "labels": list(labels), "rank": rank, "alpha": rank, "steps": 0,
-            "max_length": generator.profile.max_length,
-            "base_signature": list(adapters_module.unet_signature(unet)),
-            "text_encoder_signature": list(adapters_module.encoder_signature(generator.text_encoder)),
-            "data": {"note": "random weights for tests"}, "metrics": {}}
-    return adapters_module.save_adapter(directory, unet=unet, adapter_name="default", lora_config=config, card=card)
-
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
@@ -56,9 +30,9 @@ def generator(cache_dir) -> Generator:
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, generator) -> Path:
     root = tmp_path_factory.mktemp("adapters")
-    _make_adapter(root / "chest_pneumonia", generator, seed=1, labels=["pneumonia"])
-    _make_adapter(root / "chest_all", generator, seed=2, labels=["normal", "pneumonia", "pleural_effusion"])
-    _make_adapter(root / "brain_glioma", generator, seed=3, labels=["glioma"], modality="modality.brain_mri")
+    make_adapter(root / "chest_pneumonia", generator, seed=1, labels=["pneumonia"])
+    make_adapter(root / "chest_all", generator, seed=2, labels=["normal", "pneumonia", "pleural_effusion"])
+    make_adapter(root / "brain_glioma", generator, seed=3, labels=["glioma"], modality="modality.brain_mri")
     return root
 
 
