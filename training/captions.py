@@ -41,6 +41,20 @@ def captions_for(records: list[ManifestRecord], *, knowledge=None) -> list[str]:
     return captions
 
 
+def class_key(record: ManifestRecord) -> str:
+    """``"<modality>/<label>"``, e.g. ``"brain_mri/normal"``: one class of a generator that draws several
+    modalities (``normal`` is a class of each)."""
+    return f"{record.modality.removeprefix('modality.')}/{record.label}"
+
+
+def class_prompts(records, caption_of) -> dict[str, str]:
+    """The most common caption of each class (:func:`class_key`): what validation images and the card use."""
+    by_class: dict[str, Counter] = {}
+    for record in records:
+        by_class.setdefault(class_key(record), Counter())[caption_of[record.path]] += 1
+    return {key: counts.most_common(1)[0][0] for key, counts in sorted(by_class.items())}
+
+
 def label_prompts(records, caption_of) -> dict[str, str]:
     """The most common caption of each label: what validation images and the card's examples use."""
     by_label: dict[str, Counter] = {}

@@ -113,6 +113,8 @@ class TrainingData:
         prior_*: class images and their one caption for prior preservation (``None`` when off).
         empty_caption_row: row of the empty prompt in ``caption_embeds`` (needed when ``caption_dropout`` > 0).
         scaling_factor: the VAE's latent scaling factor.
+        sample_weights: ``(N,)`` relative chance of each training image per draw (``None``: uniform), e.g. from
+            :func:`class_balanced_weights` so a 500-image class is drawn as often as a 3,850-image one.
     """
 
     latent_mean: Any
@@ -127,6 +129,20 @@ class TrainingData:
     prior_latent_std: Any = None
     prior_caption_index: Any = None
     empty_caption_row: int | None = None
+    sample_weights: Any = None
+
+
+def class_balanced_weights(classes: list[str]):
+    """Per-image draw weights ``1 / count(class)``: every class drawn equally often, its images uniformly.
+
+    Args:
+        classes: the class of each training image, in ``latent_mean`` order.
+    """
+    import torch
+    from collections import Counter
+
+    counts = Counter(classes)
+    return torch.tensor([1.0 / counts[c] for c in classes], dtype=torch.float64)
 
 
 class EMA:
@@ -355,6 +371,8 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     count = int(data.latent_mean.shape[0])
+    if data.sample_weights is not None and tuple(data.sample_weights.shape) != (count,):
+        raise ValueError(f"sample_weights has shape {tuple(data.sample_weights.shape)}, the training images are {count}")
     latent_mean, latent_std = data.latent_mean.to(device), data.latent_std.to(device)
     caption_embeds = data.caption_embeds.to(device)
     caption_index = data.caption_index.to(device)
@@ -404,7 +422,10 @@ def run_training(*, settings: LoopSettings, model, trainable: dict, data: Traini
             log(f"stopping at step {step}: the {settings.max_minutes} min budget is spent")
             break
         with accelerator.accumulate(model):
-            index = torch.randint(0, count, (settings.batch_size,), generator=shard)
+            if data.sample_weights is None:
+                index = torch.randint(0, count, (settings.batch_size,), generator=shard)
+            else:
+                index = torch.multinomial(data.sample_weights, settings.batch_size, replacement=True, generator=shard)
             index = index.to(device)
             latents = _sample_latents(latent_mean, latent_std, index, data.scaling_factor)
             rows = caption_index[index]

@@ -21,6 +21,7 @@ from clinisynth.training.data import load_images, read_manifest, split_records
 from clinisynth.training.engine import (
     LoopSettings,
     TrainingData,
+    class_balanced_weights,
     encode_captions,
     encode_latents,
     make_conditioned_unet,
@@ -54,7 +55,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                   pipeline_dir: Path | None = None, settings_overrides: dict | None = None,
                   channels: tuple[int, ...] = (32, 64, 64), max_length: int = 64, validation_fraction: float = 0.05,
                   labels: list[str] | None = None, limit: int | None = None, knowledge=None,
-                  caption_variants: int = 0, data_attribution: str = "", num_sample_seeds: int = 4, sample_steps: int = 25,
+                  caption_variants: int = 0, balance_classes: bool = False, data_attribution: str = "", num_sample_seeds: int = 4, sample_steps: int = 25,
                   guidance: float = 3.0, log: Callable[[str], None] = print) -> Path:
     """Train a small U-Net from scratch and save a ``StableDiffusionPipeline`` folder; return its path.
 
@@ -73,6 +74,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         caption_variants: when above 0, each image is captioned with one of up to this many wordings of its class
             (technique, side, severity, location; :func:`clinisynth.training.captions.varied_captions`) instead of
             the manifest text, so the prompts a plan writes are in the training distribution.
+        balance_classes: draw every (modality, label) class equally often instead of every image (a 500-image
+            class beside a 3,850-image one is otherwise seen 8x less).
         data_attribution: licence / citation line for the card (CC BY data needs it).
         num_sample_seeds: validation images per label.
         sample_steps, guidance: how validation images are sampled.
@@ -85,7 +88,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     from clinisynth.generation.pipeline import Generator
     from clinisynth.generation.profiles import ModelProfile
     from clinisynth.agents.prompting import caption_for_label
-    from clinisynth.training.captions import captions_for, label_prompts, varied_captions
+    from clinisynth.training.captions import captions_for, class_key, class_prompts, varied_captions
 
     if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
         raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
@@ -95,11 +98,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     settings = LoopSettings(output_dir=out, **{"caption_dropout": 0.1, **(settings_overrides or {})})
     settings.check()
     records = read_manifest(dataset_dir, labels=labels, limit=limit)
-    modalities = sorted({r.modality.removeprefix("modality.") for r in records})
-    if len(modalities) != 1:
-        raise ValueError(f"a scratch generator is trained on one modality; the selection has {modalities}: "
-                         "prepare or select one")
-    modality = modalities[0]
+    # One model may draw several modalities: its classes are (modality, label) pairs, "normal" being one of each
+    # (class_prompts keys them "modality/label").
     if caption_variants:
         if knowledge is None:
             raise ValueError("caption_variants needs the knowledge base (knowledge=clinisynth.knowledge.load_knowledge())")
@@ -122,7 +122,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     identity = {"kind": "scratch", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
                 "vae": str(vae_dir.resolve()), "text_encoder": str(text_encoder), "unet": unet_config,
                 "max_length": max_length, "seed": settings.seed, "labels": labels,
-                "caption_variants": caption_variants}
+                "caption_variants": caption_variants, **({"balance_classes": True} if balance_classes else {})}
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)
     if checkpoint is not None:
@@ -139,7 +139,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     data = TrainingData(latent_mean=mean, latent_std=std, caption_index=index[:len(train_records)],
                         caption_embeds=embeds, val_latent_mean=val_mean, val_latent_std=val_std,
                         val_caption_index=index[len(train_records):-1],
-                        scaling_factor=float(vae.config.scaling_factor), empty_caption_row=distinct.index(""))
+                        scaling_factor=float(vae.config.scaling_factor), empty_caption_row=distinct.index(""),
+                        sample_weights=class_balanced_weights([class_key(r) for r in train_records])
+                        if balance_classes else None)
 
     torch.manual_seed(settings.seed)
     unet = UNet2DConditionModel(**unet_config)
@@ -147,10 +149,10 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     trainable = {name: p for name, p in unet.named_parameters()}
     log(f"U-Net {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M parameters, all trained")
 
-    sample_prompts = label_prompts(train_records, caption_of)
+    sample_prompts = class_prompts(train_records, caption_of)
     if caption_variants:  # validation images use each class's plain caption, not a random variant
-        sample_prompts = {label: caption_for_label(knowledge=knowledge, modality_id=next(
-            r.modality for r in train_records if r.label == label), label=label) for label in sample_prompts}
+        sample_prompts = {key: caption_for_label(knowledge=knowledge, modality_id=f"modality.{key.split('/')[0]}",
+                                                 label=key.split("/", 1)[1]) for key in sample_prompts}
     profile = ModelProfile(name="scratch-validation", text_encoder=str(text_encoder), generator=str(out),
                            resolution=resolution, default_steps=sample_steps, default_guidance=guidance,
                            description="validation sampler", max_length=max_length)
@@ -185,11 +187,16 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
 
     with staged_directory(final, check_existing=not_a_generator) as staging:
         build_pipeline().save_pretrained(str(staging), safe_serialization=True)
+        classes: dict[str, list[str]] = {}
+        for key in sample_prompts:
+            modality, label = key.split("/", 1)
+            classes.setdefault(modality, []).append(label)
         record = {
-            "kind": "scratch", "modality": modality, "text_encoder": _portable_name(text_encoder),
+            "kind": "scratch", "modalities": classes, "text_encoder": _portable_name(text_encoder),
             "text_encoder_hidden_size": int(encoder.config.hidden_size), "max_length": max_length,
             "resolution": resolution, "default_steps": sample_steps, "default_guidance": guidance,
-            "labels": sorted(sample_prompts), "prompts": sample_prompts, "caption_variants": caption_variants,
+            "prompts": sample_prompts, "caption_variants": caption_variants,
+            "balance_classes": balance_classes,
             "data": {"dataset": str(Path(dataset_dir).resolve()), "train_images": len(train_records),
                      "validation_images": len(val_records), "prepared_with": _prepare_options(dataset_dir),
                      "attribution": data_attribution},
@@ -246,7 +253,8 @@ def _card(record: dict) -> str:
         f"- text encoder: `{record['text_encoder']}` (hidden size {record['text_encoder_hidden_size']}), "
         f"max_length {record['max_length']}",
         f"- resolution: {record['resolution']} px; U-Net parameters: {record['unet_parameters']:,}",
-        f"- modality: {record.get('modality')}; labels: {', '.join(record['labels'])} (the only classes it can draw)",
+        "- classes (the only ones it draws): " + "; ".join(
+            f"{modality}: {', '.join(labels)}" for modality, labels in record["modalities"].items()),
         f"- data: {data['train_images']} training + {data['validation_images']} held-out images from "
         f"`{data['dataset']}`",
         f"- steps: {metrics['steps']} ({metrics['seconds']} s); final train loss {metrics['final_train_loss']}, "
