@@ -166,3 +166,20 @@ def test_class_balanced_weights_draw_each_class_equally():
     assert float(weights[:6].sum()) == pytest.approx(float(weights[6:].sum()))
     draws = torch.multinomial(weights, 4000, replacement=True, generator=torch.Generator().manual_seed(0))
     assert abs(int((draws >= 6).sum()) - 2000) < 150  # about half the draws from the 2-image class
+
+
+def test_vae_trains_on_crops_and_refuses_a_crop_off_its_grid(built, tmp_path):
+    from diffusers import AutoencoderKL
+
+    # 8x downsampling (four blocks) trained on 16 px windows of 32 px images; the saved VAE codes whole images.
+    vae_dir = train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "crop_run", resolution=32,
+                        channels=(16, 16, 16, 16), crop=16, max_steps=2, batch_size=2, validation_every=0,
+                        checkpoint_every=0, log=lambda _: None)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir))
+    record = json.loads((vae_dir / "clinisynth_vae.json").read_text())
+    assert record["identity"]["crop"] == 16 and vae.config.sample_size == 32
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 8
+    with pytest.raises(ValueError, match="multiple of the VAE factor 8"):
+        train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "bad", resolution=32,
+                  channels=(16, 16, 16, 16), crop=12, max_steps=1, log=lambda _: None)
+    assert not (tmp_path / "bad").exists()

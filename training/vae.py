@@ -40,7 +40,8 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
               validation_fraction: float = 0.05, validation_every: int = 100, checkpoint_every: int = 200,
               seed: int = 0, resume: str | None = None, max_minutes: float | None = None,
               labels: list[str] | None = None, limit: int | None = None,
-              channels: tuple[int, ...] = (16, 32, 64), log: Callable[[str], None] = print) -> Path:
+              channels: tuple[int, ...] = (16, 32, 64), crop: int | None = None,
+              log: Callable[[str], None] = print) -> Path:
     """Train a small VAE on a prepared manifest; return ``output_dir/vae`` (an ``AutoencoderKL`` folder).
 
     Args:
@@ -57,6 +58,9 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         max_minutes: wall-clock budget; stops cleanly.
         labels, limit: subset of the manifest.
         channels: encoder block widths (multiples of 16); the VAE downsamples by ``2 ** (len(channels) - 1)``.
+        crop: train on random ``crop`` x ``crop`` windows of the images (a multiple of the downsampling factor,
+            at most ``resolution``): the VAE is convolutional, so it learns the same local statistics at a
+            fraction of the cost per step; validation always reconstructs whole images. ``None``: whole images.
         log: progress sink.
     """
     import torch
@@ -65,8 +69,13 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
     records = read_manifest(dataset_dir, labels=labels, limit=limit)  # fails before anything is written
     train_records, val_records = split_records(records, validation_fraction=validation_fraction, seed=seed)
     config = small_vae_config(resolution=resolution, channels=tuple(channels))
+    factor = 2 ** (len(channels) - 1)
+    if crop is not None and (crop % factor or not factor <= crop <= resolution):
+        raise ValueError(f"crop {crop} must be a multiple of the VAE factor {factor} between {factor} and the "
+                         f"resolution {resolution}")
     identity = {"kind": "vae", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
-                "resolution": resolution, "config": config, "seed": seed, "kl_weight": kl_weight}
+                "resolution": resolution, "config": config, "seed": seed, "kl_weight": kl_weight,
+                **({"crop": crop} if crop is not None else {})}
     fingerprint = run_fingerprint(identity)
     out = Path(output_dir)
     checkpoint = resolve_resume(resume, output_dir=out)
@@ -115,6 +124,9 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
             log(f"stopping at step {step}: the {max_minutes} min budget is spent")
             break
         batch = images[torch.randint(0, images.shape[0], (batch_size,), generator=generator)]
+        if crop is not None and crop < resolution:
+            top, left = (int(x) for x in torch.randint(0, resolution - crop + 1, (2,), generator=generator))
+            batch = batch[:, :, top:top + crop, left:left + crop]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = torch.nn.functional.mse_loss(recon, batch) + kl_weight * posterior.kl().mean()

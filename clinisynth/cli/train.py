@@ -207,6 +207,8 @@ def vae(
     channels: Annotated[str, typer.Option(
         help="encoder block widths, comma-separated (multiples of 16); downsampling 2^(blocks-1): 16,32,64 is 4x, "
              "16,32,64,64 is 8x")] = "16,32,64",
+    crop: Annotated[Optional[int], typer.Option(
+        help="train on random CROP x CROP windows (cheaper steps; validation uses whole images)")] = None,
     validation_every: Annotated[int, typer.Option(help="steps between validation")] = 100,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
     resume: ResumeOpt = None,
@@ -220,5 +222,6 @@ def vae(
         path = train_vae(dataset_dir=data, output_dir=output, resolution=resolution, max_steps=steps,
                          batch_size=batch_size, learning_rate=learning_rate, labels=_labels(labels), limit=limit,
                          validation_every=validation_every, checkpoint_every=checkpoint_every, resume=resume,
-                         max_minutes=max_minutes, seed=seed, channels=_channels(channels), log=typer.echo)
+                         max_minutes=max_minutes, seed=seed, channels=_channels(channels), crop=crop,
+                         log=typer.echo)
     typer.echo(str(path))
