@@ -464,6 +464,7 @@ def build_verifier(
     classifier_dirs: dict[str, Path | str] | None = None,
     clip_model: str | Path | None = None,
     training_images: dict[str, Sequence[Path | str]] | None = None,
+    memorisation_indexes: dict[str, Any] | None = None,
     cache_dir: Path | str | None = None,
     thresholds: dict[str, ModalityThresholds] | ModalityThresholds | None = None,
     device: str = "cpu",
@@ -476,6 +477,8 @@ def build_verifier(
         classifier_dirs: per modality, a trained classifier directory.
         clip_model: open_clip model dir or ``hf-hub:`` id; ``None``: CLIP score unavailable.
         training_images: per modality, the training image files of the generator (memorisation index).
+        memorisation_indexes: per modality, a ready :class:`~clinisynth.evaluation.memorisation.MemorisationIndex`
+            (e.g. the compact one a model ships) for modalities ``training_images`` does not cover.
         cache_dir: where memorisation indexes are cached (required with ``training_images``).
         thresholds: as :class:`Verifier`.
         device: torch device of the models.
@@ -500,7 +503,7 @@ def build_verifier(
             clip_scorer = ClipScorer.from_pretrained(clip_model, device=device)
         except ClipUnavailable as error:
             found_unavailable["clip_score"] = str(error)
-    memorisation = {}
+    memorisation = dict(memorisation_indexes or {})
     embedder = ThumbnailEmbedder()
     if training_images:
         if cache_dir is None:

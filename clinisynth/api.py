@@ -239,6 +239,7 @@ def generate(
         try:
             generator.use_adapters(choice.entries)  # keys and base model checked before the U-Net changes
             verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device,
+                                          adapters=[card for card, _ in choice.entries],
                                           on_progress=on_progress)
         except BaseException:
             if planned is not None:

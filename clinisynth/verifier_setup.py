@@ -97,13 +97,56 @@ def training_images(settings: Settings, profile) -> dict[str, list[Path]]:
     return images
 
 
+def shipped_indexes(profile, *, adapters=(), skip=()) -> dict:
+    """The compact memorisation indexes the run's models ship (``memorisation/<modality>/`` of the generator
+    folder and of each adapter), per modality, leaving out the modalities in ``skip``.
+
+    Args:
+        profile: the run's resolved profile (the ``tiny`` one ships none).
+        adapters: the run's :class:`~clinisynth.generation.adapters.AdapterCard` objects.
+        skip: modalities whose training images are on this machine (their exact index wins).
+    """
+    from clinisynth.evaluation.memorisation import MemorisationError, load_shipped_indexes
+
+    folders = ([] if profile.name == "tiny" else [Path(profile.generator)]) + [Path(card.path) for card in adapters]
+    found: dict = {}
+    for folder in folders:
+        try:
+            indexes = load_shipped_indexes(folder)
+        except (MemorisationError, OSError, ValueError) as error:
+            raise VerifierSetupError(f"the memorisation index shipped in {folder} cannot be read ({error}); "
+                                     "restore the model folder") from None
+        for modality, index in indexes.items():
+            if modality in skip:
+                continue
+            found[modality] = index if modality not in found else _merged(found[modality], index)
+    return found
+
+
+def _merged(first, second):
+    """One index over two models' training sets (a base generator and an adapter of the same modality)."""
+    from clinisynth.evaluation.memorisation import MemorisationIndex
+
+    import numpy as np
+
+    vectors = [index.index.reconstruct_n(0, len(index)) for index in (first, second)]
+    return MemorisationIndex.from_embeddings(np.concatenate(vectors), keys=first.keys + second.keys,
+                                             embedder_name=first.embedder_name)
+
+
 def build_run_verifier(*, settings: Settings, profile, device: str = "cpu",
-                       on_progress: Callable[[str, dict], None] | None = None):
+                       on_progress: Callable[[str, dict], None] | None = None, adapters=()):
     """The :class:`~clinisynth.agents.verifier.Verifier` for a run with ``profile``, built complete by
     :func:`~clinisynth.agents.verifier.build_verifier` (the signals left out and why are passed in).
 
     Classifiers are not applied to the ``tiny`` profile: its generator has random weights, so a class
     probability of its output says nothing (the trace names the signal unavailable with this reason).
+
+    The memorisation index of a modality is built from its training images where they are on this machine,
+    else it is the compact one the generator or an adapter of the run ships (:func:`shipped_indexes`).
+
+    Args:
+        adapters: the run's adapter cards (their shipped indexes join the generator's).
     """
     from clinisynth.agents.verifier import build_verifier
     from clinisynth.evaluation.classifier import ClassifierError
@@ -112,19 +155,22 @@ def build_run_verifier(*, settings: Settings, profile, device: str = "cpu",
     check_verifier_settings(settings)
     clip_model = settings.clip_model or (BIOMEDCLIP_ID if profile.name == "full" else None)
     images = training_images(settings, profile)
-    if on_progress is not None and images:
+    shipped = shipped_indexes(profile, adapters=adapters, skip=set(images))
+    if on_progress is not None and (images or shipped):
         on_progress("verifier", {"message": "memorisation index of " + ", ".join(
-            f"{modality} ({len(paths)} images)" for modality, paths in images.items())})
+            [f"{modality} ({len(paths)} images)" for modality, paths in images.items()]
+            + [f"{modality} ({len(index)} images, shipped)" for modality, index in shipped.items()])})
     left_out: dict[str, str] = {}
     if profile.name == "tiny":
         left_out["classifier"] = ("not applied to the tiny profile: its generator has random weights "
                                   "(use --profile demo or full for class-checked images)")
-    if not images:
+    if not images and not shipped:
         left_out["memorisation"] = _no_training_images_reason(profile)
     try:
         return build_verifier(
             classifier_dirs=classifier_dirs(settings) if profile.name != "tiny" else None,
-            clip_model=clip_model, training_images=images or None, cache_dir=settings.cache_dir,
+            clip_model=clip_model, training_images=images or None, memorisation_indexes=shipped or None,
+            cache_dir=settings.cache_dir,
             thresholds=thresholds(settings), device=device, unavailable=left_out)
     except ClassifierError as error:
         raise VerifierSetupError(f"a verifier classifier cannot be loaded: {error}") from None

@@ -29,6 +29,8 @@ from clinisynth.evaluation.images import grey_image
 INDEX_NAME = "index.faiss"
 KEYS_NAME = "keys.json"
 META_NAME = "meta.json"
+#: The folder of a generator or adapter that ships its training set's compact indexes, one per modality.
+SHIPPED_INDEX_DIR = "memorisation"
 #: Bump when the embedding of an image changes, so old caches are not reused.
 CACHE_VERSION = 1
 #: Defaults measured on the shared data with the 32 x 32 thumbnail embedder (BENCHMARKS.md / the
@@ -183,6 +185,64 @@ class MemorisationIndex:
         """The single nearest training image of every query embedding."""
         similarities, keys = self.search(embeddings, k=1)
         return [Neighbour(key=key[0], similarity=float(sim[0])) for sim, key in zip(similarities, keys)]
+
+
+def compact_index(index: MemorisationIndex, *, keys: list[str] | None = None) -> MemorisationIndex:
+    """``index`` with its vectors scalar-quantised to 8 bits (FAISS ``IndexScalarQuantizer``, inner product): a
+    quarter of the bytes, similarities within about 1e-3 of the exact ones (BENCHMARKS.md), so a generator or
+    adapter can ship the memorisation index of its training set without shipping the images.
+
+    Args:
+        index: an exact index (:meth:`MemorisationIndex.build`).
+        keys: names to keep for the training images (e.g. paths relative to the dataset); default: as in ``index``.
+    """
+    import faiss
+
+    keys = list(index.keys) if keys is None else list(keys)
+    if len(keys) != len(index):
+        raise MemorisationError(f"{len(keys)} keys for an index of {len(index)} images")
+    vectors = index.index.reconstruct_n(0, len(index))
+    quantised = faiss.IndexScalarQuantizer(index.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    quantised.train(vectors)
+    quantised.add(vectors)
+    return MemorisationIndex(index=quantised, keys=keys, embedder_name=index.embedder_name)
+
+
+def write_shipped_indexes(records, *, dataset_dir: Path | str, directory: Path | str,
+                          embedder: Callable | None = None) -> dict[str, int]:
+    """Write ``directory/<modality>/`` (:data:`SHIPPED_INDEX_DIR` of a model folder): per storage modality, the
+    compact memorisation index of the training images in ``records`` (keys: paths relative to ``dataset_dir``).
+
+    Args:
+        records: :class:`clinisynth.training.data.ManifestRecord` rows the model was trained on.
+        dataset_dir: the prepared dataset they come from.
+        directory: where the per-modality folders go.
+        embedder: as :meth:`MemorisationIndex.build` (default :class:`ThumbnailEmbedder`, the verifier's).
+
+    Returns:
+        images indexed per modality.
+    """
+    by_modality: dict[str, list] = {}
+    for record in records:
+        by_modality.setdefault(record.modality.removeprefix("modality."), []).append(record)
+    root = Path(dataset_dir).resolve()
+    counts = {}
+    for modality, rows in sorted(by_modality.items()):
+        paths = [Path(r.path) for r in rows]
+        exact = MemorisationIndex.build(paths, embedder=embedder)
+        keys = [str(p.resolve().relative_to(root)) if p.resolve().is_relative_to(root) else p.name for p in paths]
+        compact_index(exact, keys=keys).save(Path(directory) / modality)
+        counts[modality] = len(rows)
+    return counts
+
+
+def load_shipped_indexes(model_dir: Path | str) -> dict[str, MemorisationIndex]:
+    """The compact indexes a model folder ships (:func:`write_shipped_indexes`), per modality; ``{}`` if none."""
+    root = Path(model_dir) / SHIPPED_INDEX_DIR
+    if not root.is_dir():
+        return {}
+    return {folder.name: MemorisationIndex.load(folder) for folder in sorted(root.iterdir())
+            if (folder / META_NAME).is_file()}
 
 
 def dataset_fingerprint(paths: Sequence[Path | str], *, embedder_name: str) -> str:

@@ -639,7 +639,8 @@ def _adapter_names(unet) -> list[str]:
 
 
 def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card: dict, projection=None,
-                 card_text: str | None = None, text_encoder=None, text_encoder_lora_config=None) -> Path:
+                 card_text: str | None = None, text_encoder=None, text_encoder_lora_config=None,
+                 training_records=None, dataset_dir: Path | None = None) -> Path:
     """Write an adapter folder (all files of the module docstring), staged and renamed into place.
 
     Args:
@@ -651,6 +652,9 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
         card_text: the README; a summary of ``card`` when ``None``.
         text_encoder, text_encoder_lora_config: a text encoder holding a trained LoRA ``adapter_name`` and its
             ``peft.LoraConfig``, saved under ``text_encoder/``; ``None`` when the encoder was frozen.
+        training_records, dataset_dir: the manifest rows the adapter was trained on and their prepared dataset:
+            their compact memorisation index is shipped under ``memorisation/<modality>/``, so the verifier checks
+            for copies of them where the data is absent; ``None``: no index.
     """
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -689,6 +693,10 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
                                                      "text_encoder_lora": text_state is not None}, indent=2,
                                                     default=str) + "\n")
         (staging / CARD_TEXT).write_text(card_text or card_markdown(card))
+        if training_records is not None:
+            from clinisynth.evaluation.memorisation import SHIPPED_INDEX_DIR, write_shipped_indexes
+
+            write_shipped_indexes(training_records, dataset_dir=dataset_dir, directory=staging / SHIPPED_INDEX_DIR)
         read_card(staging)  # what we wrote must read back
     return directory
 

@@ -251,7 +251,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
         }
         save_adapter(final, unet=accelerator.unwrap_model(model).unet, adapter_name=ADAPTER_NAME,
                      lora_config=lora_config, card=card, projection=projection,
-                     text_encoder=text_encoder if train_text_encoder else None, text_encoder_lora_config=text_lora_config)
+                     text_encoder=text_encoder if train_text_encoder else None, text_encoder_lora_config=text_lora_config,
+                     training_records=train_records, dataset_dir=Path(dataset_dir))
         log(f"adapter saved to {final}")
     accelerator.wait_for_everyone()
     return final

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from clinisynth.evaluation.memorisation import SHIPPED_INDEX_DIR, write_shipped_indexes
 from clinisynth.generation.files import staged_directory
 from clinisynth.generation.profiles import GENERATOR_RECORD
 from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
@@ -205,6 +206,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         }
         (staging / GENERATOR_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         (staging / "README.md").write_text(_card(record))
+        # The verifier's memorisation check where the training data is absent: an index, not the images.
+        write_shipped_indexes(train_records, dataset_dir=dataset_dir, directory=staging / SHIPPED_INDEX_DIR)
         for picture in RUN_PICTURES:  # the model travels with its own evidence
             if (out / picture).is_file():
                 shutil.copy2(out / picture, staging / picture)
