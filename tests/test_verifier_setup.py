@@ -20,7 +20,7 @@ def profile(name: str, generator: str = "unused") -> ModelProfile:
 
 def test_the_shipped_classifiers_are_found_per_modality(tmp_path):
     found = classifier_dirs(Settings(cache_dir=tmp_path))
-    assert found == {"brain_mri": CLASSIFIERS_DIR / "brain_mri", "chest_xray": CLASSIFIERS_DIR / "chest_xray"}
+    assert found == {modality: CLASSIFIERS_DIR / modality for modality in ("brain_mri", "breast_ultrasound", "chest_xray")}
 
 
 def test_a_missing_classifiers_dir_is_a_clear_error(tmp_path):
@@ -53,7 +53,7 @@ def test_a_trained_generator_gets_classifiers_and_a_memorisation_index_of_its_tr
     generator.mkdir()
     (generator / GENERATOR_RECORD).write_text(json.dumps({"data": {"dataset": str(dataset)}}))
     verifier = build_run_verifier(settings=Settings(cache_dir=tmp_path / "cache"), profile=profile("demo", str(generator)))
-    assert set(verifier.classifiers) == {"chest_xray", "brain_mri"}
+    assert set(verifier.classifiers) == {"chest_xray", "brain_mri", "breast_ultrasound"}
     assert len(verifier.memorisation["chest_xray"]) == 8
     described = verifier.describe()
     assert described["memorisation"] == {"chest_xray": 8} and "memorisation" not in described["unavailable"]
