@@ -89,7 +89,8 @@ def _letter_boxes(strokes: np.ndarray, settings: TextDetectorSettings) -> list[t
         if not settings.min_height <= height <= settings.max_height or width > 2 * height:
             continue
         fill = sizes[index] / float(height * width)
-        if 0.12 <= fill <= 0.9:  # letters are neither a dot of noise nor a solid block
+        # Letters are neither a sparse speck nor a solid block, except the bars of I, l, 1.
+        if 0.12 <= fill <= 0.9 or (fill > 0.9 and width * 3 <= height):
             boxes.append((top, left, bottom, right))
     return boxes
 
@@ -134,17 +135,21 @@ def _ocr_words(mask: np.ndarray, settings: TextDetectorSettings) -> list[str]:
     # Tesseract's OpenMP threads would compete with prepare's own worker processes.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
-    # Black letters on white, about 32 px high, with a margin: what Tesseract reads best.
+    # Black letters on white with a margin; Tesseract's confidence swings with the letter height, so two
+    # heights are tried and either reading confirms the line.
     page = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8))
-    zoom = max(1.0, 32.0 / max(1, mask.shape[0]))
-    page = page.resize((max(1, round(page.width * zoom)), max(1, round(page.height * zoom))), Image.Resampling.BILINEAR)
-    page = ImageOps.expand(page, border=16, fill=255)
-    data = pytesseract.image_to_data(page, config="--psm 7 --oem 1", output_type=pytesseract.Output.DICT)
-    return [
-        word
-        for word, confidence in zip(data["text"], data["conf"])
-        if float(confidence) >= settings.ocr_confidence and sum(c.isalnum() for c in word) >= settings.ocr_min_alnum
-    ]
+    for height, margin in ((48, 8), (24, 8)):
+        zoom = max(1.0, height / max(1, mask.shape[0]))
+        scaled = page.resize((max(1, round(page.width * zoom)), max(1, round(page.height * zoom))), Image.Resampling.BILINEAR)
+        data = pytesseract.image_to_data(ImageOps.expand(scaled, border=margin, fill=255), config="--psm 7 --oem 1", output_type=pytesseract.Output.DICT)
+        words = [
+            word
+            for word, confidence in zip(data["text"], data["conf"])
+            if float(confidence) >= settings.ocr_confidence and sum(c.isalnum() for c in word) >= settings.ocr_min_alnum
+        ]
+        if words:
+            return words
+    return []
 
 
 def find_text_lines(frame: np.ndarray, *, settings: TextDetectorSettings | None = None, ocr: bool = True) -> list[TextLine]:
@@ -173,7 +178,9 @@ def find_text_lines(frame: np.ndarray, *, settings: TextDetectorSettings | None 
                 continue
             tops, lefts, bottoms, rights = zip(*(boxes[i] for i in group))
             top, left, bottom, right = min(tops), min(lefts), max(bottoms), max(rights)
-            if ocr and not _ocr_words(strokes[top:bottom, left:right], settings):
+            # The band of the line, a letter's height wider on each side: the words' first and last letters.
+            pad = bottom - top
+            if ocr and not _ocr_words(strokes[top:bottom, max(0, left - pad):right + pad], settings):
                 continue
             box = tuple(int(round(v / scale)) for v in (top, left, bottom, right))
             lines.append(TextLine(box=box, chars=len(group)))
