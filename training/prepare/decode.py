@@ -17,6 +17,7 @@ Intensity policy, per frame:
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -184,13 +185,17 @@ def dicom_modality_code(dataset) -> str | None:
     return None if code in ("", "OT") else code
 
 
+@functools.lru_cache(maxsize=1)
+def _acquisition_modality_codes() -> frozenset[str]:
+    from pydicom.sr.codedict import codes
+
+    return frozenset(getattr(codes.cid29, name).value for name in codes.cid29.dir())
+
+
 def describe_modality_code(code: str) -> str:
     """``'CT'`` when the code is a DICOM acquisition modality (CID 29), else words that quote nothing:
     the tag may hold anything, and no header value other than a standard code reaches the outputs."""
-    from pydicom.sr.codedict import codes
-
-    known = {getattr(codes.cid29, name).value for name in codes.cid29.dir()}
-    return repr(code) if code in known else "a code that is no DICOM acquisition modality"
+    return repr(code) if code in _acquisition_modality_codes() else "a code that is no DICOM acquisition modality"
 
 
 def check_dicom_modality(dataset, *, modality_id: str | None, accepted: tuple[str, ...]) -> None:
