@@ -230,3 +230,15 @@ def test_dicom_modalities_only_on_modality_records():
         Record(id="finding.x", kind="finding", term="x", label="x", modalities=["modality.chest_xray"], dicom_modalities=["CR"])
     with pytest.raises(ValidationError, match="upper-case"):
         Record(id="modality.x", kind="modality", term="x", label="x", dicom_modalities=["cr"])
+
+
+def test_a_modality_tag_that_is_no_standard_code_is_not_quoted():
+    from clinisynth.training.prepare.decode import QuarantineError, check_dicom_modality
+
+    dataset = pydicom.Dataset()
+    dataset.Modality = "DOEJOHN"  # a header can hold anything; only standard codes may reach the report
+    with pytest.raises(QuarantineError) as caught:
+        check_dicom_modality(dataset, modality_id="modality.chest_xray", accepted=("CR", "DX", "RG"))
+    assert caught.value.reason == "modality_mismatch" and "DOEJOHN" not in caught.value.detail
+    dataset.Modality = "OT"
+    check_dicom_modality(dataset, modality_id="modality.chest_xray", accepted=("CR", "DX", "RG"))
