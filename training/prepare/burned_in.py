@@ -40,6 +40,7 @@ class TextDetectorSettings:
             (robust: from the median absolute difference to a 3x3 median), so grain does not form letters.
         ocr_confidence: Tesseract word confidence (0-100) that confirms a candidate line.
         ocr_min_alnum: letters or digits a confirming word must have.
+        max_lines: candidate lines read per frame, longest first (bounds the OCR page).
     """
 
     contrast: float = 40.0
@@ -51,6 +52,7 @@ class TextDetectorSettings:
     noise_factor: float = 4.0
     ocr_confidence: float = 60.0
     ocr_min_alnum: int = 3
+    max_lines: int = 24
 
 
 @dataclass(frozen=True)
@@ -125,30 +127,41 @@ def _chain(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _ocr_words(mask: np.ndarray, settings: TextDetectorSettings) -> list[str]:
-    """Words Tesseract reads with confidence in a candidate line (``mask``: the line's strokes, True = ink)."""
+def _confirmed(masks: list[np.ndarray], settings: TextDetectorSettings) -> list[int]:
+    """Indices of the candidate lines in which Tesseract reads a word with confidence.
+
+    Args:
+        masks: one array per candidate line, its strokes (True = ink).
+
+    All lines go on one page, one row each (black letters on white, one letter height, a margin), so a
+    frame costs one Tesseract run. Tesseract's confidence swings with the letter height, so a page
+    with no confirmed line is read again at a second height.
+    """
     import os
 
     import pytesseract
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     # Tesseract's OpenMP threads would compete with prepare's own worker processes.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
-
-    # Black letters on white with a margin; Tesseract's confidence swings with the letter height, so two
-    # heights are tried and either reading confirms the line.
-    page = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8))
     for height, margin in ((48, 8), (24, 8)):
-        zoom = max(1.0, height / max(1, mask.shape[0]))
-        scaled = page.resize((max(1, round(page.width * zoom)), max(1, round(page.height * zoom))), Image.Resampling.BILINEAR)
-        data = pytesseract.image_to_data(ImageOps.expand(scaled, border=margin, fill=255), config="--psm 7 --oem 1", output_type=pytesseract.Output.DICT)
-        words = [
-            word
-            for word, confidence in zip(data["text"], data["conf"])
+        row = height + 2 * margin
+        rows = []
+        for mask in masks:
+            zoom = height / max(1, mask.shape[0])
+            line = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8))
+            rows.append(line.resize((max(1, round(line.width * zoom)), height), Image.Resampling.BILINEAR))
+        page = Image.new("L", (max(line.width for line in rows) + 2 * margin, row * len(rows)), 255)
+        for index, line in enumerate(rows):
+            page.paste(line, (margin, index * row + margin))
+        data = pytesseract.image_to_data(page, config="--psm 6 --oem 1", output_type=pytesseract.Output.DICT)
+        found = {
+            min(len(rows) - 1, (top + word_height // 2) // row)
+            for word, confidence, top, word_height in zip(data["text"], data["conf"], data["top"], data["height"])
             if float(confidence) >= settings.ocr_confidence and sum(c.isalnum() for c in word) >= settings.ocr_min_alnum
-        ]
-        if words:
-            return words
+        }
+        if found:
+            return sorted(found)
     return []
 
 
@@ -168,7 +181,7 @@ def find_text_lines(frame: np.ndarray, *, settings: TextDetectorSettings | None 
     noise = 1.4826 * float(np.median(np.abs(values - ndimage.median_filter(values, size=3))))
     threshold = max(settings.contrast, settings.noise_factor * noise)
     footprint = (settings.stroke, settings.stroke)
-    lines: list[TextLine] = []
+    candidates: list[tuple[tuple[int, int, int, int], int, np.ndarray]] = []
     # Bright text on dark (the usual overlay) and dark text on bright, each on its own.
     for response in (ndimage.white_tophat(values, size=footprint), ndimage.black_tophat(values, size=footprint)):
         strokes = response > threshold
@@ -180,8 +193,9 @@ def find_text_lines(frame: np.ndarray, *, settings: TextDetectorSettings | None 
             top, left, bottom, right = min(tops), min(lefts), max(bottoms), max(rights)
             # The band of the line, a letter's height wider on each side: the words' first and last letters.
             pad = bottom - top
-            if ocr and not _ocr_words(strokes[top:bottom, max(0, left - pad):right + pad], settings):
-                continue
-            box = tuple(int(round(v / scale)) for v in (top, left, bottom, right))
-            lines.append(TextLine(box=box, chars=len(group)))
+            candidates.append(((top, left, bottom, right), len(group), strokes[top:bottom, max(0, left - pad):right + pad]))
+    candidates = sorted(candidates, key=lambda c: -c[1])[: settings.max_lines]
+    if ocr and candidates:
+        candidates = [candidates[i] for i in _confirmed([mask for _, _, mask in candidates], settings)]
+    lines = [TextLine(box=tuple(int(round(v / scale)) for v in box), chars=chars) for box, chars, _ in candidates]
     return sorted(lines, key=lambda line: -line.chars)
