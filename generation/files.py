@@ -35,12 +35,13 @@ def fsync_dir(directory: Path) -> None:
         os.close(descriptor)
 
 
-def write_atomically(path: Path, data: bytes | str) -> Path:
+def write_atomically(path: Path, data: bytes | str, *, mode: int | None = None) -> Path:
     """Write ``data`` (``str`` as UTF-8) to a temporary file beside ``path``, fsync it, rename it over ``path``
     and fsync the folder: a reader sees the old file or the new one, whole, never a part.
 
     The temporary file is ``.<name>.<random>.tmp`` in the same folder; it is removed when the write fails.
-    The file gets the mode a plain ``open`` would give it (0666 less the umask).
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), or ``mode`` when given
+    (``0o600`` for a file only its owner may read: it has that mode before it has a name).
 
     Returns:
         ``path``.
@@ -50,7 +51,7 @@ def write_atomically(path: Path, data: bytes | str) -> Path:
         data = data.encode("utf-8")
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
-        os.fchmod(descriptor, 0o666 & ~_UMASK)
+        os.fchmod(descriptor, 0o666 & ~_UMASK if mode is None else mode)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -20,6 +20,8 @@ ID_PATTERN = re.compile(r"^(anatomy|finding|sign|modality|technique)\.[a-z0-9]+(
 LABEL_PATTERN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
 #: Lower-case words separated by single spaces: a modality's family and regions ("nuclear medicine").
 WORDS_PATTERN = re.compile(r"^[a-z0-9]+(?: [a-z0-9]+)*$")
+#: A DICOM Modality code (VR CS, defined terms of PS3.3 C.7.3.1.1.1).
+DICOM_MODALITY_PATTERN = re.compile(r"^[A-Z0-9]{2,16}$")
 
 
 class Codes(BaseModel):
@@ -70,6 +72,9 @@ class Record(BaseModel):
             modality is inferred.
         default_for_family: for modality records with a ``family``, the record a bare family word
             with no region ("an ultrasound") is read as; one per family at most.
+        dicom_modalities: for modality records, the DICOM Modality (0008,0060) codes (CID 29: ``CR``,
+            ``DX``, ``CT``, ``MR``, ``US``, ...) of the files the record accepts; ``clinisynth prepare``
+            quarantines (or with ``--strict`` refuses) a DICOM filed under this modality whose tag names another.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -98,6 +103,7 @@ class Record(BaseModel):
     family: str | None = Field(default=None, pattern=WORDS_PATTERN.pattern)
     regions: list[str] = Field(default_factory=list)
     default_for_family: bool = False
+    dicom_modalities: list[str] = Field(default_factory=list)
 
     @field_validator("id")
     @classmethod
@@ -134,6 +140,16 @@ class Record(BaseModel):
             raise ValueError(f"regions {values} name a region twice")
         return values
 
+    @field_validator("dicom_modalities")
+    @classmethod
+    def _dicom_code_shape(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not DICOM_MODALITY_PATTERN.match(value):
+                raise ValueError(f"DICOM modality code {value!r} must be 2 to 16 upper-case letters or digits, like 'CR' or 'MR'")
+        if len(set(values)) != len(values):
+            raise ValueError(f"dicom_modalities {values} name a code twice")
+        return values
+
     @model_validator(mode="after")
     def _kind_rules(self) -> "Record":
         prefix = self.id.split(".", 1)[0]
@@ -155,6 +171,8 @@ class Record(BaseModel):
             raise ValueError(f"only modalities can name a family, regions or default_for_family, not {self.id!r}")
         if (self.regions or self.default_for_family) and self.family is None:
             raise ValueError(f"modality {self.id!r} lists regions or default_for_family but names no family")
+        if self.dicom_modalities and self.kind != "modality":
+            raise ValueError(f"only modalities can list dicom_modalities, not {self.id!r}")
         return self
 
 

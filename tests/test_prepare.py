@@ -128,7 +128,9 @@ def test_mixed_folder_end_to_end(mixed_source, tmp_path):
     with (out / "quarantine.csv").open(newline="") as handle:
         quarantine = list(csv.DictReader(handle))
     reasons = {row["reason"] for row in quarantine}
-    assert reasons == {"zero_byte", "truncated", "constant", "pure_noise", "unsupported_compression"}
+    # CT_small (CT) and JPEG2000 (NM) are filed under brain_mri: their Modality tags contradict it.
+    assert reasons == {"zero_byte", "truncated", "constant", "pure_noise", "unsupported_compression", "modality_mismatch"}
+    assert sum(1 for row in quarantine if row["reason"] == "modality_mismatch") == 2
     assert sum(1 for row in quarantine if row["reason"] == "truncated") == 2  # the JPEG and the DICOM
     noise_row = next(row for row in quarantine if row["reason"] == "pure_noise")
     assert abs(float(noise_row["value"])) < 0.1

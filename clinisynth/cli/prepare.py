@@ -24,6 +24,8 @@ def prepare(
     label_map: Annotated[Path | None, typer.Option(help="YAML/JSON mapping of folder names (or npz class numbers) to labels, e.g. 'notumor: normal'. brain_mri needs one for the knowledge base's labels.")] = None,
     pages: Annotated[str, typer.Option(help="Multi-page TIFF / multi-frame DICOM: all pages, or the first.")] = "all",
     label_level: Annotated[int, typer.Option(help="Which parent folder names the class: -1 the innermost (train/glioma/x.png -> glioma), 0 the outermost.")] = -1,
+    text_check: Annotated[bool, typer.Option(help="Quarantine images with text burned into the pixels (needs the tesseract program). --no-text-check turns it off; the report says so.")] = True,
+    strict: Annotated[bool, typer.Option(help="Refuse the run (exit 2, nothing written) when a DICOM's Modality tag contradicts the modality it is filed under, instead of quarantining it.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Decode, check, de-identify, deduplicate and standardize a raw image dataset into OUT."""
@@ -44,6 +46,8 @@ def prepare(
         label_map=label_map,
         pages=pages,
         label_level=label_level,
+        text_check=text_check,
+        strict=strict,
     )
     try:
         summary = prepare_dataset(config, progress=progress)

@@ -17,6 +17,7 @@ Intensity policy, per frame:
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ QUARANTINE_REASONS = (
     "unsupported_compression",
     "no_pixel_data",
     "burned_in_annotation",
+    "burned_in_text",
+    "modality_mismatch",
     "non_finite",
 )
 
@@ -172,8 +175,56 @@ def _window(values: np.ndarray, dataset) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def decode_dicom(data: bytes, *, pages: str) -> DecodedSource:
-    """Decode DICOM bytes with pydicom (see the module docstring for the intensity policy)."""
+def dicom_modality_code(dataset) -> str | None:
+    """The Modality (0008,0060) code of a dataset, upper-case; ``None`` when absent, empty or ``OT`` (other).
+
+    Absent and ``OT`` make no claim, so they cannot contradict the modality a file is filed under.
+    """
+    value = dataset.get("Modality")
+    code = str(value).strip().upper() if value is not None else ""
+    return None if code in ("", "OT") else code
+
+
+@functools.lru_cache(maxsize=1)
+def _acquisition_modality_codes() -> frozenset[str]:
+    from pydicom.sr.codedict import codes
+
+    return frozenset(getattr(codes.cid29, name).value for name in codes.cid29.dir())
+
+
+def describe_modality_code(code: str) -> str:
+    """``'CT'`` when the code is a DICOM acquisition modality (CID 29), else words that quote nothing:
+    the tag may hold anything, and no header value other than a standard code reaches the outputs."""
+    return repr(code) if code in _acquisition_modality_codes() else "a code that is no DICOM acquisition modality"
+
+
+def check_dicom_modality(dataset, *, modality_id: str | None, accepted: tuple[str, ...]) -> None:
+    """Raise ``modality_mismatch`` when the file's Modality tag names a code ``modality_id`` does not accept.
+
+    Args:
+        dataset: the parsed header.
+        modality_id: the modality the file is filed under (``modality.chest_xray``).
+        accepted: that modality's ``dicom_modalities`` from the knowledge base; empty accepts every code.
+    """
+    code = dicom_modality_code(dataset)
+    if code is None or not accepted or code in accepted:
+        return
+    raise QuarantineError(
+        "modality_mismatch",
+        f"the DICOM Modality tag says {describe_modality_code(code)}, but the file is filed under {modality_id}, "
+        f"which takes {', '.join(accepted)}; file it under its own modality (--modality or the CSV modality column)",
+    )
+
+
+def decode_dicom(data: bytes, *, pages: str, modality_id: str | None = None, accepted_modalities: tuple[str, ...] = ()) -> DecodedSource:
+    """Decode DICOM bytes with pydicom (see the module docstring for the intensity policy).
+
+    Args:
+        data: the file's bytes.
+        pages: ``all`` or ``first`` frame.
+        modality_id: the modality the file is filed under, for the Modality tag check.
+        accepted_modalities: the DICOM Modality codes that modality accepts (empty: no check).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut
@@ -189,6 +240,7 @@ def decode_dicom(data: bytes, *, pages: str) -> DecodedSource:
 
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise QuarantineError("no_pixel_data", "a DICOM object without an image (report, plan, structure set, ...)")
+    check_dicom_modality(dataset, modality_id=modality_id, accepted=accepted_modalities)
     if str(dataset.get("BurnedInAnnotation", "")).strip().upper() == "YES":
         raise QuarantineError("burned_in_annotation", "the header says identifying text is burned into the pixels")
 

@@ -25,6 +25,7 @@ from clinisynth.training.prepare.discover import (
     Discovery,
     PrepareInputError,
     SourceItem,
+    _shown,
     discover_csv,
     discover_folder,
     discover_npz,
@@ -63,6 +64,10 @@ class PrepareConfig:
         near_max_distance: pHash Hamming distance for near-duplicate candidates.
         near_min_correlation: thumbnail correlation that confirms a near duplicate.
         thresholds: sanity thresholds (see ``clinisynth.evaluation.sanity``).
+        text_check: quarantine frames with text burned into the pixels (needs the ``tesseract`` program);
+            ``False`` turns it off, and the report and the marker say so.
+        strict: refuse the whole run (nothing written) when a DICOM's Modality tag contradicts the
+            modality it is filed under, instead of quarantining the file.
     """
 
     source: Path
@@ -79,6 +84,8 @@ class PrepareConfig:
     near_max_distance: int = 8
     near_min_correlation: float = 0.99
     thresholds: SanityThresholds = field(default_factory=SanityThresholds)
+    text_check: bool = True
+    strict: bool = False
 
 
 @dataclass
@@ -110,6 +117,25 @@ def _validate_options(config: PrepareConfig) -> None:
         raise PrepareInputError("--labels-from csv needs --csv FILE")
     if config.csv is not None and config.labels_from != "csv":
         raise PrepareInputError("--csv is only read with --labels-from csv; add it or drop --csv")
+    if config.text_check:
+        _check_ocr_engine()
+
+
+def _check_ocr_engine() -> None:
+    """The burned-in text check confirms text with Tesseract: it must be installed before any work."""
+    try:
+        import pytesseract
+
+        pytesseract.get_tesseract_version()
+    except ImportError:
+        raise PrepareInputError(
+            "the burned-in text check needs pytesseract (pip install pytesseract); or pass --no-text-check to skip it (the report says so)"
+        ) from None
+    except (OSError, RuntimeError, pytesseract.TesseractNotFoundError):
+        raise PrepareInputError(
+            "the burned-in text check needs the tesseract program (Debian / Ubuntu: apt-get install tesseract-ocr); "
+            "or pass --no-text-check to skip it (the report says so)"
+        ) from None
 
 
 def _validate_paths(source: Path, out: Path) -> str:
@@ -140,7 +166,7 @@ def normalize_modality(modality: str, known: list[str]) -> str:
     return candidate
 
 
-def _captions(items: list[SourceItem], run_modality: str | None, default_modality: str | None) -> tuple[list[SourceItem], dict]:
+def _captions(items: list[SourceItem], run_modality: str | None, default_modality: str | None, knowledge) -> tuple[list[SourceItem], dict]:
     """Resolve each item's modality and write a caption per (modality, label) pair, before any work.
 
     The caption comes from the same prompt function the reasoning agents use.
@@ -149,9 +175,7 @@ def _captions(items: list[SourceItem], run_modality: str | None, default_modalit
 
     # Imported here, for the captions only: training/ does not depend on agents/ otherwise.
     from clinisynth.agents.prompting import caption_for_label
-    from clinisynth.knowledge import load_knowledge
 
-    knowledge = load_knowledge()
     known = [record.id for record in knowledge.modalities]
     run_id = normalize_modality(run_modality, known) if run_modality else None
     fallback = run_id or default_modality
@@ -179,6 +203,32 @@ def _captions(items: list[SourceItem], run_modality: str | None, default_modalit
     return resolved, captions
 
 
+def _strict_modality_check(items: list[SourceItem], accepted: dict[str, tuple[str, ...]]) -> None:
+    """``--strict``: read every DICOM header (no pixels) and refuse the run on a contradicting Modality tag."""
+    import pydicom
+
+    from clinisynth.training.prepare.decode import QuarantineError, check_dicom_modality, describe_modality_code, dicom_modality_code
+
+    wrong: list[str] = []
+    for item in items:
+        if item.kind != "dicom":
+            continue
+        try:
+            dataset = pydicom.dcmread(item.path, stop_before_pixels=True, specific_tags=["Modality"])
+        except Exception:  # noqa: BLE001 - an unreadable header is quarantined by the run itself
+            continue
+        try:
+            check_dicom_modality(dataset, modality_id=item.modality, accepted=accepted.get(item.modality, ()))
+        except QuarantineError:
+            wrong.append(f"{item.key} ({describe_modality_code(dicom_modality_code(dataset) or '')} under {item.modality})")
+    if wrong:
+        raise PrepareInputError(
+            f"--strict: {len(wrong)} DICOM file(s) carry a Modality tag that contradicts the modality they are filed under: "
+            f"{_shown(wrong)}; file them under their own modality (--modality or the CSV modality column), "
+            "or drop --strict to quarantine them"
+        )
+
+
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -196,6 +246,7 @@ def _fingerprint(config: PrepareConfig, label_map: dict | None) -> dict:
         "near_max_distance": config.near_max_distance,
         "near_min_correlation": config.near_min_correlation,
         "thresholds": json.loads(json.dumps(asdict(config.thresholds))),
+        "text_check": config.text_check,
     }
 
 
@@ -335,17 +386,23 @@ def prepare_dataset(
     except LabelError as error:
         raise PrepareInputError(str(error)) from None
     discovery = _discover(config, kind, label_map)
-    items, captions = _captions(discovery.items, config.modality, discovery.default_modality)
+    from clinisynth.knowledge import load_knowledge
+
+    knowledge = load_knowledge()
+    items, captions = _captions(discovery.items, config.modality, discovery.default_modality, knowledge)
+    accepted = {record.id: tuple(record.dicom_modalities) for record in knowledge.modalities}
+    if config.strict:
+        _strict_modality_check(items, accepted)
 
     state = RunState(config.out, source=config.source.resolve(), fingerprint=_fingerprint(config, label_map))
     state.open()
     try:
-        return _run(config, state, items, captions, discovery, label_map, kind, started, progress, on_record)
+        return _run(config, state, items, captions, discovery, label_map, kind, started, progress, on_record, accepted)
     finally:
         state.close()
 
 
-def _run(config, state, items, captions, discovery, label_map, kind, started, progress, on_record) -> PrepareSummary:
+def _run(config, state, items, captions, discovery, label_map, kind, started, progress, on_record, accepted) -> PrepareSummary:
     changed = [
         item.key
         for item in items
@@ -371,7 +428,10 @@ def _run(config, state, items, captions, discovery, label_map, kind, started, pr
     if not pending and _previous_report_complete(config.out):
         # Nothing to do: leave every file as it is, reports included.
         return _summary(config, json.loads((config.out / "report.json").read_text(encoding="utf-8")), 0, len(items), started)
-    settings = WorkSettings(size=config.size, mode=config.mode, pages=config.pages, thresholds=config.thresholds)
+    settings = WorkSettings(
+        size=config.size, mode=config.mode, pages=config.pages, thresholds=config.thresholds,
+        text_check=config.text_check, dicom_modalities=accepted,
+    )
     context = {"discovery": discovery, "config": config, "label_map": label_map, "kind": kind}
 
     from tqdm import tqdm

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from clinisynth.generation.files import write_atomically
-from clinisynth.training.prepare.state import CONTACT_DIR, JOURNAL, MARKER, SENSITIVE_DIR, SOURCE_MAP
+from clinisynth.training.prepare.state import CONTACT_DIR, JOURNAL, MARKER, SENSITIVE_DIR, SENSITIVE_FILE_MODE, SOURCE_MAP
 
 MANIFEST_COLUMNS = ("path", "text", "modality", "label", "source_sha256", "width", "height")
 QUARANTINE_COLUMNS = ("id", "label", "reason", "value", "detail", "source_sha256")
@@ -108,7 +108,12 @@ def build_report(records: dict[str, dict], *, context: dict, run: dict, manifest
         "options": {
             "size": config.size, "mode": config.mode, "modality": config.modality, "labels_from": config.labels_from,
             "pages": config.pages, "label_level": config.label_level, "near_max_distance": config.near_max_distance,
-            "near_min_correlation": config.near_min_correlation,
+            "near_min_correlation": config.near_min_correlation, "text_check": config.text_check, "strict": config.strict,
+        },
+        "privacy": {
+            "burned_in_text_check": "on: morphological text lines confirmed by Tesseract OCR" if config.text_check
+            else "OFF (--no-text-check): images may carry identifiers burned into the pixels",
+            "dicom_modality_check": "quarantine (--strict refuses the run instead)" if not config.strict else "strict: a contradicting Modality tag refuses the run",
         },
         "label_map": context["label_map"],
         "unused_label_map_keys": discovery.unused_map_keys,
@@ -159,6 +164,9 @@ def render_markdown(report: dict) -> str:
         "",
         f"Status: {status}. Source kind: {report['source_kind']}. Options: "
         + ", ".join(f"{k}={v}" for k, v in report["options"].items()) + ".",
+        "",
+        f"Burned-in text check: {report['privacy']['burned_in_text_check']}. "
+        f"DICOM Modality tag check: {report['privacy']['dicom_modality_check']}.",
         "",
         f"Sources {totals['sources']}, frames {totals['frames']}: kept {totals['kept']}, "
         f"quarantined {totals['quarantined']}, duplicates {totals['duplicates']}.",
@@ -245,7 +253,7 @@ def write_outputs(out: Path, records: dict[str, dict], *, context: dict, run: di
     write_atomically(out / "manifest.csv", _csv_text(MANIFEST_COLUMNS, manifest))
     write_atomically(out / "quarantine.csv", _csv_text(QUARANTINE_COLUMNS, quarantine))
     write_atomically(out / "duplicates.csv", _csv_text(DUPLICATE_COLUMNS, duplicates))
-    write_atomically(out / SENSITIVE_DIR / SOURCE_MAP, _csv_text(("id", "source", "frame", "status", "output"), source_map))
+    write_atomically(out / SENSITIVE_DIR / SOURCE_MAP, _csv_text(("id", "source", "frame", "status", "output"), source_map), mode=SENSITIVE_FILE_MODE)
     report = build_report(records, context=context, run={**run, "complete": final}, manifest=manifest, quarantine=quarantine, duplicates=duplicates)
     report["complete"] = final
     if final:

@@ -24,6 +24,9 @@ MARKER = "prepare.json"
 JOURNAL = "journal.jsonl"
 SOURCE_MAP = "source_map.csv"
 MARKER_VERSION = 1
+#: ``_sensitive/`` and its files are for the owner alone: they name the sources.
+SENSITIVE_DIR_MODE = 0o700
+SENSITIVE_FILE_MODE = 0o600
 # Files and folders a prepare run writes at the top of OUT; anything else there means OUT is not ours.
 OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
 
@@ -84,7 +87,7 @@ class RunState:
                         f"OUT {self.out} is not empty and is not a clinisynth prepare output (holds {', '.join(foreign[:5])}); "
                         "give an empty or new folder"
                     )
-            self.sensitive.mkdir(parents=True, exist_ok=True)
+            self.sensitive.mkdir(parents=True, exist_ok=True, mode=SENSITIVE_DIR_MODE)
             self.secret = secrets.token_bytes(32)
             marker = {
                 "tool": "clinisynth prepare",
@@ -94,8 +97,16 @@ class RunState:
                 "secret": self.secret.hex(),
                 "note": "SENSITIVE: names the source; the secret links opaque ids to source paths. Do not share.",
             }
-            write_atomically(marker_path, json.dumps(marker, indent=2))
+            write_atomically(marker_path, json.dumps(marker, indent=2), mode=SENSITIVE_FILE_MODE)
+        self._restrict()
         self._load_journal()
+
+    def _restrict(self) -> None:
+        """0700 on ``_sensitive/`` and 0600 on its files, also for an OUT an older version made world-readable."""
+        os.chmod(self.sensitive, SENSITIVE_DIR_MODE)
+        for path in self.sensitive.iterdir():
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, SENSITIVE_FILE_MODE)
 
     def _load_journal(self) -> None:
         path = self.sensitive / JOURNAL
@@ -116,7 +127,8 @@ class RunState:
     def append(self, record: dict) -> None:
         """Record a finished source; call only after its PNGs are in place."""
         if self._journal is None:
-            self._journal = (self.sensitive / JOURNAL).open("a", encoding="utf-8")
+            descriptor = os.open(self.sensitive / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, SENSITIVE_FILE_MODE)
+            self._journal = os.fdopen(descriptor, "a", encoding="utf-8")
         self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._journal.flush()
         self.records[record["key"]] = record

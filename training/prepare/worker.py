@@ -13,6 +13,7 @@ import numpy as np
 
 from clinisynth.evaluation.hashing import exact_hash, perceptual_hash, thumbnail
 from clinisynth.evaluation.sanity import SanityThresholds, check_image
+from clinisynth.training.prepare.burned_in import find_text_lines
 from clinisynth.training.prepare.decode import QuarantineError, decode_array, decode_dicom, decode_raster
 from clinisynth.training.prepare.discover import SourceItem
 from clinisynth.training.prepare.standardize import apply_channel_policy, encode_png, resize_and_pad
@@ -27,12 +28,17 @@ class WorkSettings:
         mode: ``L`` or ``RGB``.
         pages: ``all`` or ``first`` page / frame of multi-page sources.
         thresholds: sanity thresholds for the 8-bit frames.
+        text_check: look for text burned into the pixels (:mod:`~clinisynth.training.prepare.burned_in`).
+        dicom_modalities: modality id -> the DICOM Modality codes it accepts (the knowledge base's
+            ``dicom_modalities``); a DICOM whose tag names another code is quarantined.
     """
 
     size: int
     mode: str
     pages: str
     thresholds: SanityThresholds = field(default_factory=SanityThresholds)
+    text_check: bool = True
+    dicom_modalities: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +91,9 @@ def process_item(item: SourceItem, settings: WorkSettings) -> ItemResult:
         if not data:
             raise QuarantineError("zero_byte", "the file is empty", 0.0)
         if item.kind == "dicom":
-            decoded = decode_dicom(data, pages=settings.pages)
+            decoded = decode_dicom(
+                data, pages=settings.pages, modality_id=item.modality, accepted_modalities=settings.dicom_modalities.get(item.modality, ())
+            )
         elif item.kind == "raster":
             decoded = decode_raster(data, pages=settings.pages)
         else:
@@ -102,6 +110,13 @@ def process_item(item: SourceItem, settings: WorkSettings) -> ItemResult:
         if not sanity.ok:
             frame_result.reason, frame_result.value = sanity.reason, sanity.value
             frame_result.detail = f"sanity check {sanity.reason} failed"
+        elif settings.text_check and (lines := find_text_lines(frame)):
+            # The report says where and how much, never what: the text may be the identifier.
+            frame_result.reason, frame_result.value = "burned_in_text", float(len(lines))
+            frame_result.detail = (
+                f"text in the pixels: {len(lines)} line(s) read by OCR, the longest of {lines[0].chars} characters; "
+                "identifiers may be burned in"
+            )
         else:
             policy = apply_channel_policy(frame, mode=settings.mode)
             frame_result.png = encode_png(resize_and_pad(policy, size=settings.size))
