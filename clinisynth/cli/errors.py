@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import typer
 
@@ -35,23 +34,6 @@ def fail(message: str) -> None:
 
     typer.echo(f"error: {printable(message, one_line=True)}", err=True)
     raise typer.Exit(code=USAGE_EXIT_CODE)
-
-
-def path_parser(option: str) -> Callable[[str], Path]:
-    """A typer ``parser`` for a path option or argument that refuses the empty string.
-
-    ``Path("")`` is the current folder, so ``--out ""`` (an unset shell variable) would silently write there.
-
-    Args:
-        option: how the command names the value, e.g. ``"--out"`` or ``"OUT"``.
-    """
-
-    def parse(value: str | Path) -> Path:
-        if isinstance(value, str) and not value.strip():
-            fail(f"{option} is empty; name a path (use '.' for the current folder)")
-        return Path(value)
-
-    return parse
 
 
 @contextlib.contextmanager

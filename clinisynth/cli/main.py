@@ -13,7 +13,8 @@ from clinisynth.cli import knowledge as knowledge_commands
 from clinisynth.cli import trace as trace_commands
 from clinisynth.cli import train as train_commands
 from clinisynth.cli.curate import curate
-from clinisynth.cli.errors import fail, path_parser, user_errors
+from clinisynth.cli.errors import fail, user_errors
+from clinisynth.cli.options import path_parser
 from clinisynth.cli.evaluate import evaluate
 from clinisynth.cli.prepare import prepare
 from clinisynth.cli.train_classifier import train_classifier
