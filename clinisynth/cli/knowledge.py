@@ -23,8 +23,9 @@ def _knowledge_dir(directory: Path | None) -> Path:
     return directory or Settings().knowledge_dir or DEFAULT_DATA_DIR
 
 
-def _open_retriever(directory: Path | None, *, rebuild: bool = False):
-    """The knowledge records and their FAISS retriever, built or loaded from the cache of the settings."""
+def _open_retriever(directory: Path | None, *, rebuild: bool = False, knowledge=None):
+    """The knowledge records (``knowledge`` when given) and their FAISS retriever, built or loaded from the cache
+    of the settings."""
     from clinisynth.api import quiet_model_loading
     from clinisynth.knowledge import load_knowledge
     from clinisynth.retrieval import Retriever
@@ -32,7 +33,7 @@ def _open_retriever(directory: Path | None, *, rebuild: bool = False):
 
     settings = Settings()
     quiet_model_loading()
-    knowledge = load_knowledge(_knowledge_dir(directory))
+    knowledge = knowledge or load_knowledge(_knowledge_dir(directory))
     retriever = Retriever.open(knowledge=knowledge, cache_dir=settings.cache_dir, model=settings.embedder,
                                rebuild=rebuild)
     return knowledge, retriever
@@ -102,9 +103,12 @@ def search(
         unknown = [value for value in kind or [] if value not in kinds]
         if unknown:
             fail(f"--kind {unknown[0]!r} is not a record kind; use one of: {', '.join(kinds)}")
-        knowledge, retriever = _open_retriever(directory)
+        from clinisynth.knowledge import load_knowledge
+
+        knowledge = load_knowledge(_knowledge_dir(directory))
         if modality is not None:
-            modality = _modality_id(knowledge, modality)
+            modality = _modality_id(knowledge, modality)  # before the embedder loads
+        knowledge, retriever = _open_retriever(directory, knowledge=knowledge)
         hits = retriever.search(query, k=k, kinds=kind, modality=modality)
     for hit in hits:
         typer.echo(f"{hit.score:.3f}  {hit.id:45s} {knowledge.get(hit.id).term}  (matched: {hit.text})")
