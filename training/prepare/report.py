@@ -251,7 +251,7 @@ def write_outputs(out: Path, records: dict[str, dict], *, context: dict, run: di
     report["complete"] = final
     if final:
         write_contact_sheets(out, manifest, mode=config.mode)
-        shutil.rmtree(out / LEGACY_CONTACT_DIR, ignore_errors=True)  # an older run's sheets: an image class to loaders
+        shutil.rmtree(out / LEGACY_CONTACT_DIR, ignore_errors=True)  # an older run's sheets: a class to loaders
     write_atomically(out / "report.json", json.dumps(report, indent=2))
     write_atomically(out / "report.md", render_markdown(report))
     return report
