@@ -45,7 +45,8 @@ class Case:
     def name(self) -> str:
         shown = " ".join(self.argv).replace("{tmp}/", "")
         envs = " ".join(f"{key}={value}" for key, value in self.env.items())
-        return " ".join(part for part in (envs, shown) if part)[:110]
+        text = " ".join(part for part in (envs, shown) if part)[:110]
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _generate(*args: str, text: str = REQUEST) -> tuple[str, ...]:

@@ -31,13 +31,6 @@ MARKER_VERSION = 1
 OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, LEGACY_CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
 
 
-def migrate_contact_sheets(out: Path) -> None:
-    """Move the contact sheets of an OUT prepared before they were hidden into :data:`CONTACT_DIR`."""
-    legacy = out / LEGACY_CONTACT_DIR
-    if legacy.is_dir() and not (out / CONTACT_DIR).exists():
-        os.rename(legacy, out / CONTACT_DIR)
-
-
 def remove_stale_temp_files(out: Path) -> int:
     """Delete the temp files of :func:`~clinisynth.generation.files.write_atomically` a killed run left; how many."""
     removed = 0
