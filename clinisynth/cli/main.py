@@ -14,8 +14,8 @@ from clinisynth.cli import trace as trace_commands
 from clinisynth.cli import train as train_commands
 from clinisynth.cli.curate import curate
 from clinisynth.cli.errors import fail, user_errors
-from clinisynth.cli.options import path_parser
 from clinisynth.cli.evaluate import evaluate
+from clinisynth.cli.options import path_parser
 from clinisynth.cli.prepare import prepare
 from clinisynth.cli.train_classifier import train_classifier
 
@@ -87,11 +87,13 @@ def _read_lines(path: Path) -> list[str]:
     if nul >= 0:
         fail(f"--jsonl file {path} is binary (a NUL byte at offset {nul}), not text with one description per line")
     try:
-        return data.decode("utf-8").splitlines()
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first description
     except UnicodeDecodeError as error:
         fail(f"--jsonl file {path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
              "convert it to UTF-8 (e.g. iconv -t UTF-8)")
         raise AssertionError from None  # unreachable: fail() exits
+    # Lines end at \n, \r\n or \r only (as a text file reads): other separators are control characters in a line.
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def _plan_lines(path: Path, lines: list[str], *, settings) -> None:
