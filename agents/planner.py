@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from clinisynth.agents.plan import Concept, Plan, Reference
 from clinisynth.agents.reasoning.engine import DEFAULT_RETRIEVAL_THRESHOLD
+from clinisynth.agents.requests import PlanError, check_request
 from clinisynth.knowledge import KnowledgeBase
-
-
-class PlanError(ValueError):
-    """The description cannot be planned; the message says what is wrong and how to fix it."""
 
 
 class Planner:
@@ -46,18 +43,9 @@ class Planner:
         return ", ".join(f"{record.term} ({record.label})" for record in self.knowledge.modalities)
 
     def check_request(self, text: str) -> str:
-        """Reject empty and over-long descriptions before any work."""
-        if not isinstance(text, str) or not text.strip():
-            raise PlanError(
-                "the description is empty: describe the image, e.g. "
-                "'moderate right pleural effusion, PA chest radiograph'"
-            )
-        if len(text) > self.max_request_chars:
-            raise PlanError(
-                f"the description has {len(text)} characters, more than the limit of {self.max_request_chars}; "
-                "shorten it or raise CLINISYNTH_MAX_REQUEST_CHARS"
-            )
-        return text.strip()
+        """Reject text that is not UTF-8, holds control characters, is empty or over-long, before any work
+        (:func:`clinisynth.agents.requests.check_request`)."""
+        return check_request(text, max_chars=self.max_request_chars)
 
     def localize(self, text: str):
         localization = self.reasoner.localize(text)

@@ -66,10 +66,21 @@ def new_run_id() -> str:
     return f"{when}.{micros:06d}Z-{secrets.token_hex(4)}"
 
 
+def highest_base_seed(*, n_images: int, max_rounds: int, best_of: int) -> int:
+    """The largest ``--seed`` whose every attempt seed (:func:`~clinisynth.agents.nodes.attempt_seed`) stays a valid
+    sampler seed (at most :data:`~clinisynth.generation.limits.MAX_SEED`)."""
+    from clinisynth.agents.nodes import CANDIDATE_SEED_STRIDE, ROUND_SEED_STRIDE
+
+    return limits.MAX_SEED - (max(n_images, 1) - 1) - (max_rounds - 1) * ROUND_SEED_STRIDE - (
+        best_of - 1) * CANDIDATE_SEED_STRIDE
+
+
 def validate_run_arguments(
-    *, n_images: int, steps: int | None, guidance: float | None, max_rounds: int, max_images: int, best_of: int = 1
+    *, n_images: int, steps: int | None, guidance: float | None, max_rounds: int, max_images: int, best_of: int = 1,
+    seed: int | None = None,
 ) -> None:
-    """Reject impossible numbers before anything is loaded or written (``None``: the profile's default)."""
+    """Reject impossible numbers before anything is loaded or written (``None``: the profile's default; ``seed``
+    ``None``: not checked)."""
     if n_images < 1:
         raise PlanError(f"-n must be at least 1, got {n_images}")
     if n_images > max_images:
@@ -82,6 +93,11 @@ def validate_run_arguments(
         raise PlanError(f"--max-rounds must be between {limits.MIN_ROUNDS} and {limits.MAX_ROUNDS}, got {max_rounds}")
     if not limits.MIN_BEST_OF <= best_of <= limits.MAX_BEST_OF:
         raise PlanError(f"--best-of must be between {limits.MIN_BEST_OF} and {limits.MAX_BEST_OF}, got {best_of}")
+    if seed is not None:
+        highest = highest_base_seed(n_images=n_images, max_rounds=max_rounds, best_of=best_of)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= highest:
+            raise PlanError(f"--seed must be a whole number from 0 to {highest} (room for the seeds of every image, "
+                            f"round and candidate), got {seed!r}")
 
 
 #: The node a run's reasoning stops before: everything up to it only reads the request and the knowledge.

@@ -74,8 +74,13 @@ def plan(text: str, *, settings: Settings | None = None):
     """Structured plan of a free-text description (the contract of ``clinisynth plan --json``).
 
     Raises:
-        clinisynth.agents.planner.PlanError: empty, over-long or non-medical text, or an uncovered modality.
+        clinisynth.agents.planner.PlanError: empty, over-long, non-UTF-8 or non-medical text, control characters,
+            or an uncovered modality.
     """
+    from clinisynth.agents.requests import check_request
+
+    settings = settings or Settings()
+    check_request(text, max_chars=settings.max_request_chars)  # before the planner is built (seconds)
     return get_planner(settings).plan(text)
 
 
@@ -166,7 +171,11 @@ def generate(
     Returns:
         :class:`clinisynth.agents.runner.RunResult`.
     """
-    from clinisynth.agents.planner import PlanError
+    from clinisynth.agents.requests import PlanError, check_request
+
+    settings = settings or Settings()
+    if resume is None:
+        check_request(text, max_chars=settings.max_request_chars)  # before the heavy imports below
     from clinisynth.agents.runner import (checkpointed_plan, plan_run, resumable_run, run_generation,
                                           validate_run_arguments)
     from clinisynth.generation.adapters import AdapterError, AdapterRequest, resumed_choice
@@ -175,11 +184,10 @@ def generate(
     from clinisynth.models import ADAPTERS_DIR
     from clinisynth.verifier_setup import build_run_verifier, check_verifier_settings
 
-    settings = settings or Settings()
     if resume is not None:
         if adapters or adapters_dir is not None:
             raise AdapterError("a resumed run uses the adapters it started with; leave adapters out")
-        trace = resumable_run(OrderedStorage(check_output_dir(Path(out))), check_run_id(resume))
+        trace = resumable_run(OrderedStorage(check_output_dir(out)), check_run_id(resume))
         if text and text.strip() != trace["request"].strip():
             raise PlanError(f"run {resume} was asked for {trace['request']!r}, not {text!r}; leave the description "
                             "out to resume it")
@@ -193,8 +201,8 @@ def generate(
     if profile not in PROFILE_NAMES:
         raise ProfileError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILE_NAMES)}")
     validate_run_arguments(n_images=n, steps=steps, guidance=guidance, max_rounds=max_rounds,
-                           max_images=settings.max_images, best_of=best_of)
-    check_output_dir(Path(out))
+                           max_images=settings.max_images, best_of=best_of, seed=seed)
+    check_output_dir(out)
     check_verifier_settings(settings)
     if resume is None:
         directory = adapters_dir if adapters_dir is not None else settings.adapters_dir

@@ -116,10 +116,12 @@ def evaluate_dataset(
     log = log or (lambda message: None)
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    threshold = DEFAULT_MEMORISATION_THRESHOLD if memorisation_threshold is None else memorisation_threshold
+    if not 0.0 <= threshold <= 1.0:  # a cosine similarity: anything else counts nothing (or all) as memorised
+        raise ValueError(f"memorisation_threshold must be between 0 and 1, got {threshold}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
-    threshold = DEFAULT_MEMORISATION_THRESHOLD if memorisation_threshold is None else memorisation_threshold
 
     synth_records = read_image_set(synth_dir)
     real_records = read_image_set(real_dir)

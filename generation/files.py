@@ -26,6 +26,58 @@ os.umask(_UMASK)
 TMP_SUFFIX = ".tmp"
 
 
+class OutputDirError(ValueError):
+    """An output folder that cannot be used: a file, a link that leads nowhere, or not writable."""
+
+
+def check_writable_dir(root: Path, *, option: str = "--out") -> Path:
+    """Check that ``root`` is, or can become, a writable directory, without creating it.
+
+    Call it before any work, so that a bad output folder fails with nothing written.
+
+    Args:
+        root: the output folder.
+        option: how the command names it, for the message (``--out``, ``--output``, ``OUT``).
+
+    Returns:
+        ``root`` made absolute.
+
+    Raises:
+        OutputDirError: ``root`` is empty, is (or lies under) a file, is a symbolic link that leads nowhere (a
+            loop or a missing target), or the nearest existing folder is not writable.
+    """
+    if not str(root).strip():
+        raise OutputDirError(f"{option} is empty; name a folder (use '.' for the current one)")
+    root = Path(root).expanduser().absolute()
+    try:
+        root.resolve(strict=False)
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop on Python 3.11 / 3.12
+        raise OutputDirError(f"{option} {root} cannot be followed ({error}); choose another {option}") from None
+    existing = root
+    while not existing.exists():
+        if existing.is_symlink():  # exists() is False for a dangling link and for a loop
+            try:
+                os.stat(existing)
+            except OSError as error:
+                raise OutputDirError(f"{option} {root} cannot be created: {existing} is a symbolic link that leads "
+                                     f"nowhere ({error.strerror}); remove it or choose another {option}") from None
+        existing = existing.parent
+    if existing == root and not root.is_dir():
+        raise OutputDirError(f"{option} {root} exists and is not a directory; choose another {option}")
+    if not existing.is_dir():
+        raise OutputDirError(f"{option} {root} cannot be created: {existing} is a file; choose another {option}")
+    try:
+        # A real write, not os.access: access() says yes to root on read-only mounts and no on some ACL setups.
+        descriptor, probe = tempfile.mkstemp(dir=existing, prefix=".clinisynth-write-check-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputDirError(
+            f"{option} {root} is not writable ({existing}: {error.strerror}); choose another {option}"
+        ) from None
+    return root
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename or a new entry in ``directory`` durable."""
     descriptor = os.open(directory, os.O_RDONLY)
@@ -126,4 +178,4 @@ def staged_directory(final: Path, *, replace: bool = True,
         shutil.rmtree(aside, ignore_errors=True)
 
 
-__all__ = ["TMP_SUFFIX", "fsync_dir", "staged_directory", "write_atomically"]
+__all__ = ["TMP_SUFFIX", "OutputDirError", "check_writable_dir", "fsync_dir", "staged_directory", "write_atomically"]

@@ -34,7 +34,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from clinisynth.generation.files import write_atomically
+from clinisynth.generation.files import OutputDirError, check_writable_dir, write_atomically
 
 LOCK_NAME = ".clinisynth.lock"
 COUNTERS_NAME = ".clinisynth_counters.json"
@@ -91,7 +91,8 @@ class StoredImage:
 
 
 def check_output_dir(root: Path) -> Path:
-    """Check that ``root`` is, or can become, a writable directory, without creating it.
+    """Check that ``root`` is, or can become, a writable directory, without creating it
+    (:func:`~clinisynth.generation.files.check_writable_dir`).
 
     Call it before any work so a bad output dir fails with no partial output.
 
@@ -102,26 +103,13 @@ def check_output_dir(root: Path) -> Path:
         ``root`` made absolute.
 
     Raises:
-        StorageError: ``root`` (or a parent) is a file, or the nearest existing folder is not writable.
+        StorageError: ``root`` is empty, (or a parent) is a file, a link that leads nowhere, or the nearest existing
+            folder is not writable.
     """
-    root = Path(root).expanduser().absolute()
-    if root.exists() and not root.is_dir():
-        raise StorageError(f"output dir {root} exists and is not a directory; choose another --out")
-    existing = root
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise StorageError(f"output dir {root} cannot be created: {existing} is a file; choose another --out")
     try:
-        # A real write, not os.access: access() says yes to root on read-only mounts and no on some ACL setups.
-        descriptor, probe = tempfile.mkstemp(dir=existing, prefix=".clinisynth-write-check-")
-        os.close(descriptor)
-        os.unlink(probe)
-    except OSError as error:
-        raise StorageError(
-            f"output dir {root} is not writable ({existing}: {error.strerror}); choose another --out"
-        ) from error
-    return root
+        return check_writable_dir(root, option="--out")
+    except OutputDirError as error:
+        raise StorageError(str(error)) from None
 
 
 def check_name(value: str, *, what: str) -> str:

@@ -123,7 +123,7 @@ def test_mixed_folder_end_to_end(mixed_source, tmp_path):
         with Image.open(path) as image:
             assert (image.format, image.mode, image.size) == ("PNG", "L", (64, 64))
         assert row["modality"] == "modality.brain_mri" and row["text"].startswith("MRI of the brain")
-    assert len(rows) == summary.kept == len(list(out.glob("*/*.png"))) - len(list((out / "_contact_sheets").glob("*.png")))
+    assert len(rows) == summary.kept == len(list(out.glob("*/*.png"))) - len(list((out / ".contact_sheets").glob("*.png")))
 
     with (out / "quarantine.csv").open(newline="") as handle:
         quarantine = list(csv.DictReader(handle))
@@ -149,7 +149,7 @@ def test_mixed_folder_end_to_end(mixed_source, tmp_path):
     assert report["label_sources"]["normal"] == ["NOTUMOR"]
     assert "SENSITIVE" in (out / "report.md").read_text()
     for label in {row["label"] for row in rows}:
-        assert (out / "_contact_sheets" / f"{label}.png").is_file()
+        assert (out / ".contact_sheets" / f"{label}.png").is_file()
 
     # De-identification: no header value and no source file name outside _sensitive/.
     forbidden = {value.encode() for value in header_values} | {b"DOE_JOHN", b"slice_0", b"NOTUMOR/", b"colour_2frame"}

@@ -90,6 +90,11 @@ class LoopSettings:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16":
+            import torch
+
+            if not torch.cuda.is_available():  # accelerate would train in fp32 without a word
+                raise ValueError("mixed_precision fp16 needs a CUDA GPU and this machine has none; use bf16 or no")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive (or None for plain MSE), got {self.snr_gamma!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

@@ -63,6 +63,11 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
             fraction of the cost per step; validation always reconstructs whole images. ``None``: whole images.
         log: progress sink.
     """
+    for name, value in (("max_steps", max_steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # 0 steps would save an untrained VAE
+            raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
+    if not 0 < learning_rate < 1:
+        raise ValueError(f"learning_rate must be in (0, 1), got {learning_rate!r}")
     import torch
     from diffusers import AutoencoderKL
 

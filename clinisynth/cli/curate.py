@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from clinisynth.cli.errors import user_errors
+from clinisynth.cli.options import path_parser
 
 #: Item bars kept on screen; older finished ones are hidden (the overall bar stays).
 VISIBLE_ITEMS = 8
@@ -75,8 +76,10 @@ class CampaignProgress:
 
 def curate(
     campaign: Annotated[Path, typer.Argument(help="campaign file (YAML): items with counts, an items file, or a "
-                                                  "balance target; see the README's Curation campaigns")],
-    out: Annotated[Path, typer.Option(help="output dataset directory; the journal is DIR/campaign/journal.sqlite")],
+                                                  "balance target; see the README's Curation campaigns",
+                                             parser=path_parser("CAMPAIGN"))],
+    out: Annotated[Path, typer.Option(help="output dataset directory; the journal is DIR/campaign/journal.sqlite",
+                                      parser=path_parser("--out"))],
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="write rows that cannot be run to DIR/campaign/rejected.csv and run the others")] = False,
 ) -> None:

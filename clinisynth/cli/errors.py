@@ -16,18 +16,23 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.agents.planner import PlanError
     from clinisynth.curation.spec import CampaignError
     from clinisynth.generation.adapters import AdapterError
+    from clinisynth.generation.files import OutputDirError
     from clinisynth.generation.profiles import ModelNotFoundError, ProfileError
     from clinisynth.generation.storage import StorageError
     from clinisynth.knowledge import KnowledgeError
     from clinisynth.retrieval.embedder import EmbedderError
+    from clinisynth.settings import SettingsError
     from clinisynth.verifier_setup import VerifierSetupError
 
     return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError,
-            VerifierSetupError, CampaignError, AdapterError)
+            VerifierSetupError, CampaignError, AdapterError, SettingsError, OutputDirError)
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` (control characters escaped: it may quote what the user typed) and exit 2."""
+    from clinisynth.agents.requests import printable
+
+    typer.echo(f"error: {printable(message, one_line=True)}", err=True)
     raise typer.Exit(code=USAGE_EXIT_CODE)
 
 
@@ -40,7 +45,9 @@ def user_errors() -> Iterator[None]:
         raise
     except Exception as error:  # noqa: BLE001 - filtered just below
         if isinstance(error, user_error_types()):
-            message = str(error).strip().splitlines()
+            from clinisynth.agents.requests import printable
+
+            message = [printable(line, one_line=True) for line in str(error).strip().splitlines()]
             typer.echo(f"error: {message[0] if message else type(error).__name__}", err=True)
             for extra in message[1:]:
                 typer.echo(f"  {extra}", err=True)

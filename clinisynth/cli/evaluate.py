@@ -10,14 +10,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from clinisynth.cli.errors import fail
+from clinisynth.cli.errors import fail, user_errors
+from clinisynth.cli.options import (check_at_least, check_device, check_fraction, check_output, check_seed,
+                                    path_parser)
 
 
 def evaluate(
-    synth_dir: Annotated[Path, typer.Argument(help="synthetic dataset (output dir of 'clinisynth generate')")],
+    synth_dir: Annotated[Path, typer.Argument(help="synthetic dataset (output dir of 'clinisynth generate')",
+                                              parser=path_parser("SYNTH_DIR"))],
     real: Annotated[Path, typer.Option("--real", help="real dataset prepared by 'clinisynth prepare' (also the "
-                                                     "generator's training images, for memorisation)")],
-    out: Annotated[Optional[Path], typer.Option(help="report folder (default SYNTH_DIR/evaluation)")] = None,
+                                                     "generator's training images, for memorisation)",
+                                       parser=path_parser("--real"))],
+    out: Annotated[Optional[Path], typer.Option(help="report folder (default SYNTH_DIR/evaluation)",
+                                                parser=path_parser("--out"))] = None,
     classifier: Annotated[Optional[Path], typer.Option(help="trained classifier dir: agreement, FD in its features")] = None,
     clip_model: Annotated[Optional[str], typer.Option(help="open_clip model dir or hf-hub:ID for CLIP scores")] = None,
     inception_weights: Annotated[Optional[Path], typer.Option(
@@ -31,7 +36,8 @@ def evaluate(
     max_real_per_class: Annotated[int, typer.Option(help="real images per class sampled for distribution metrics")] = 1000,
     memorisation_threshold: Annotated[Optional[float], typer.Option(
         help="nearest-training-image similarity counted as memorised (default 0.985)")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="memorisation index cache (default: settings cache_dir)")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="memorisation index cache (default: settings cache_dir)",
+                                                      parser=path_parser("--cache-dir"))] = None,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",
     seed: Annotated[int, typer.Option(help="seed of samples and splits")] = 0,
 ) -> None:
@@ -50,11 +56,22 @@ def evaluate(
         fail(f"--seeds must be at least 1, got {seeds}")
     if not 0.0 < real_fraction <= 1.0:
         fail(f"--real-fraction must be in (0, 1], got {real_fraction}")
-    if cache_dir is None:
-        from clinisynth.settings import Settings
-
-        cache_dir = Settings().cache_dir
+    for value, minimum, option in ((downstream_epochs, 1, "--downstream-epochs"), (image_size, 8, "--image-size"),
+                                   (max_real_per_class, 1, "--max-real-per-class")):
+        check_at_least(value, minimum, option=option)
+    check_fraction(memorisation_threshold, option="--memorisation-threshold")
+    check_seed(seed)
+    for folder, option in ((synth_dir, "SYNTH_DIR"), (real, "--real")):
+        if not folder.is_dir():
+            fail(f"{option} {folder} is not a folder; give a dataset folder")
     out = out or synth_dir / "evaluation"
+    check_output(out, option="--out")
+    check_device(device)
+    if cache_dir is None:
+        with user_errors():
+            from clinisynth.settings import Settings
+
+            cache_dir = Settings().cache_dir
     settings = DownstreamSettings(real_fraction=real_fraction, seeds=tuple(range(seeds)), epochs=downstream_epochs,
                                   image_size=image_size, device=device)
     try:

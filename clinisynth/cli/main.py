@@ -15,6 +15,7 @@ from clinisynth.cli import train as train_commands
 from clinisynth.cli.curate import curate
 from clinisynth.cli.errors import fail, user_errors
 from clinisynth.cli.evaluate import evaluate
+from clinisynth.cli.options import path_parser
 from clinisynth.cli.prepare import prepare
 from clinisynth.cli.train_classifier import train_classifier
 
@@ -39,13 +40,22 @@ def plan(
     text: Annotated[Optional[str], typer.Argument(help="free-text clinical description")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON (the documented contract)")] = False,
     jsonl: Annotated[
-        Optional[Path], typer.Option(help="file with one description per line; writes one JSON object per line")
+        Optional[Path], typer.Option(help="file with one description per line; writes one JSON object per line",
+                                     parser=path_parser("--jsonl"))
     ] = None,
 ) -> None:
     """Show the structured plan (findings, report, prompt, label) of a description."""
     if (text is None) == (jsonl is None):
         fail("give either a description TEXT or --jsonl FILE, not both and not neither")
     with user_errors():
+        from clinisynth.agents.requests import check_request
+        from clinisynth.settings import Settings
+
+        settings = Settings()
+        # Text and file checks before spaCy and the planner load (seconds).
+        lines = _read_lines(jsonl) if jsonl is not None else None
+        if text is not None:
+            check_request(text, max_chars=settings.max_request_chars)
         from clinisynth.agents.reasoning.cache import import_nlp_libraries
 
         # First, before anything imports spaCy the plain way (which drags in torch and scipy): the
@@ -53,10 +63,10 @@ def plan(
         import_nlp_libraries()
         from clinisynth.api import get_planner
 
-        if jsonl is not None:
-            _plan_lines(jsonl)
+        if lines is not None:
+            _plan_lines(jsonl, lines, settings=settings)
             return
-        result = get_planner().plan(text)
+        result = get_planner(settings).plan(text)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:
@@ -65,25 +75,42 @@ def plan(
         show_plan(result)
 
 
-def _plan_lines(path: Path) -> None:
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a ``--jsonl`` file; a missing, unreadable or binary file is one ``error:`` line."""
+    if not path.is_file():
+        fail(f"--jsonl file {path} does not exist" if not path.exists() else f"--jsonl {path} is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        fail(f"--jsonl file {path} cannot be read ({error.strerror})")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        fail(f"--jsonl file {path} is binary (a NUL byte at offset {nul}), not text with one description per line")
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first description
+    except UnicodeDecodeError as error:
+        fail(f"--jsonl file {path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+             "convert it to UTF-8 (e.g. iconv -t UTF-8)")
+        raise AssertionError from None  # unreachable: fail() exits
+    # Lines end at \n, \r\n or \r only (as a text file reads): other separators are control characters in a line.
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _plan_lines(path: Path, lines: list[str], *, settings) -> None:
     from clinisynth.agents.planner import PlanError
     from clinisynth.api import get_planner
 
-    if not path.is_file():
-        fail(f"--jsonl file {path} does not exist")
-    planner = get_planner()
+    planner = get_planner(settings)
     failures = 0
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            text = line.rstrip("\n")
-            if not text.strip():
-                continue
-            try:
-                record = planner.plan(text).model_dump(mode="json")
-            except PlanError as error:
-                failures += 1
-                record = {"request": text, "line": number, "error": str(error)}
-            sys.stdout.write(json.dumps(record) + "\n")
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            record = planner.plan(text).model_dump(mode="json")
+        except PlanError as error:
+            failures += 1
+            record = {"request": text, "line": number, "error": str(error)}
+        sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
     if failures:
         typer.echo(f"error: {failures} line(s) of {path} could not be planned (see their 'error' field)", err=True)
@@ -94,7 +121,8 @@ def _plan_lines(path: Path) -> None:
 def generate(
     text: Annotated[Optional[str], typer.Argument(help="free-text clinical description")] = None,
     n: Annotated[Optional[int], typer.Option("-n", "--n", help="number of accepted images wanted [default: 4]")] = None,
-    out: Annotated[Path, typer.Option(help="output dataset directory (ordered storage)")] = Path("clinisynth-out"),
+    out: Annotated[Path, typer.Option(help="output dataset directory (ordered storage)",
+                                      parser=path_parser("--out"))] = Path("clinisynth-out"),
     seed: Annotated[Optional[int], typer.Option(help="base seed; image i uses seed + i [default: 0]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="sampler steps (profile default when unset)")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,

@@ -15,13 +15,16 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from clinisynth.cli.errors import USAGE_EXIT_CODE
+from clinisynth.cli.errors import USAGE_EXIT_CODE, fail
+from clinisynth.cli.options import check_at_least, check_output, check_seed, path_parser
 
 app = typer.Typer(help="Train LoRA adapters and small from-scratch generators on prepared data.",
                   no_args_is_help=True)
 
-DataOpt = Annotated[Path, typer.Option("--data", help="dataset folder prepared by `clinisynth prepare` (manifest.csv)")]
-OutOpt = Annotated[Path, typer.Option("--output", help="run folder: metrics, loss_curve.png, samples.png, checkpoints")]
+DataOpt = Annotated[Path, typer.Option("--data", help="dataset folder prepared by `clinisynth prepare` (manifest.csv)",
+                                       parser=path_parser("--data"))]
+OutOpt = Annotated[Path, typer.Option("--output", help="run folder: metrics, loss_curve.png, samples.png, checkpoints",
+                                      parser=path_parser("--output"))]
 StepsOpt = Annotated[int, typer.Option("--steps", help="optimizer steps")]
 ResumeOpt = Annotated[Optional[str], typer.Option("--resume", help="'latest' or a checkpoint folder of this run")]
 MinutesOpt = Annotated[Optional[float], typer.Option("--max-minutes", help="stop cleanly after this wall time")]
@@ -39,9 +42,25 @@ def _train_errors() -> Iterator[None]:
         yield
     except (ManifestError, CheckpointError, AdapterError, FileNotFoundError, FileExistsError, ValueError,
             *user_error_types()) as error:
-        typer.echo(f"error: {error}", err=True)
+        from clinisynth.agents.requests import printable
+
+        typer.echo(f"error: {printable(error, one_line=True)}", err=True)
         sys.stderr.flush()
         raise typer.Exit(code=USAGE_EXIT_CODE) from None
+
+
+def _check_run_options(*, output: Path, steps: int, batch_size: int, seed: int, learning_rate: float,
+                       extra_outputs: tuple = ()) -> None:
+    """The options every training command shares, checked before torch loads or a byte is written."""
+    check_at_least(steps, 1, option="--steps")  # 0 would save an untrained model as if trained
+    check_at_least(batch_size, 1, option="--batch-size")
+    if not 0 < learning_rate < 1:
+        fail(f"--lr must be between 0 and 1 (exclusive), got {learning_rate}")
+    check_seed(seed)
+    # --mixed-precision is checked by LoopSettings.check (fp16 without a GPU too), before anything is written.
+    for path, option in ((output, "--output"), *extra_outputs):
+        if path is not None:
+            check_output(path, option=option)
 
 
 def _labels(value: Optional[str]) -> Optional[list[str]]:
@@ -74,8 +93,12 @@ def _knowledge_if_needed(dataset: Path):
 
 
 def _loop_settings(**values) -> dict:
+    """The training loop's settings from the options, checked (``LoopSettings.check``) before anything loads."""
+    from clinisynth.training.engine import LoopSettings
+
     if values.get("snr_gamma") is not None and values["snr_gamma"] <= 0:
         values["snr_gamma"] = None  # 0 switches min-SNR weighting off
+    LoopSettings(output_dir=Path("."), **values).check()
     return values
 
 
@@ -84,7 +107,8 @@ def lora(
     data: DataOpt,
     output: OutOpt,
     profile: Annotated[str, typer.Option(help="model profile whose generator is adapted: tiny, demo, full")] = "demo",
-    adapter_dir: Annotated[Optional[Path], typer.Option(help="adapter folder (default OUTPUT/adapter)")] = None,
+    adapter_dir: Annotated[Optional[Path], typer.Option(help="adapter folder (default OUTPUT/adapter)",
+                                                        parser=path_parser("--adapter-dir"))] = None,
     labels: Annotated[Optional[str], typer.Option(help="comma-separated labels to train on (default: all)")] = None,
     modality: Annotated[Optional[str], typer.Option(help="modality id, e.g. modality.chest_xray")] = None,
     limit: Annotated[Optional[int], typer.Option(help="use at most this many manifest rows")] = None,
@@ -114,23 +138,26 @@ def lora(
 ) -> None:
     """LoRA on the U-Net attention (to_q, to_k, to_v, to_out.0) of a profile's generator; text encoder frozen
     unless --train-text-encoder."""
+    _check_run_options(output=output, steps=steps, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
+                       extra_outputs=((adapter_dir, "--adapter-dir"),))
     with _train_errors():
         from clinisynth.generation.profiles import resolve_profile
         from clinisynth.settings import Settings
         from clinisynth.training.lora import train_lora
 
+        overrides = _loop_settings(  # checked before the profile loads
+            max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+            gradient_accumulation_steps=gradient_accumulation, mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing, snr_gamma=snr_gamma, ema_decay=ema_decay,
+            caption_dropout=caption_dropout,
+            prior_loss_weight=prior_loss_weight, validation_every=validation_every,
+            checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed)
         settings = Settings()
         resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
         path = train_lora(
             profile=resolved, dataset_dir=data, output_dir=output, adapter_dir=adapter_dir, labels=_labels(labels),
             modality=modality, limit=limit, rank=rank, alpha=alpha, dropout=dropout,
-            settings_overrides=_loop_settings(
-                max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                gradient_accumulation_steps=gradient_accumulation, mixed_precision=mixed_precision,
-                gradient_checkpointing=gradient_checkpointing, snr_gamma=snr_gamma, ema_decay=ema_decay,
-                caption_dropout=caption_dropout,
-                prior_loss_weight=prior_loss_weight, validation_every=validation_every,
-                checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed),
+            settings_overrides=overrides,
             class_prompt=class_prompt, num_class_images=num_class_images, train_text_encoder=train_text_encoder,
             knowledge=_knowledge_if_needed(data),
             log=typer.echo)
@@ -141,10 +168,12 @@ def lora(
 def scratch(
     data: DataOpt,
     output: OutOpt,
-    vae: Annotated[Path, typer.Option(help="VAE folder from `clinisynth train vae` (OUTPUT/vae)")],
+    vae: Annotated[Path, typer.Option(help="VAE folder from `clinisynth train vae` (OUTPUT/vae)",
+                                      parser=path_parser("--vae"))],
     text_encoder: Annotated[Optional[str], typer.Option(help="BERT dir / hub id (default: packaged MiniLM)")] = None,
     pipeline_dir: Annotated[Optional[Path], typer.Option(
-        help="where the pipeline goes (default: <cache_dir>/models/demo-generator, the demo profile's)")] = None,
+        help="where the pipeline goes (default: <cache_dir>/models/demo-generator, the demo profile's)",
+        parser=path_parser("--pipeline-dir"))] = None,
     labels: Annotated[Optional[str], typer.Option(help="comma-separated labels (default: all)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="use at most this many manifest rows")] = None,
     steps: StepsOpt = 2000,
@@ -170,12 +199,19 @@ def scratch(
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
     """A small text-conditioned U-Net from scratch in a small VAE's latent space, saved as an SD pipeline."""
+    _check_run_options(output=output, steps=steps, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
+                       extra_outputs=((pipeline_dir, "--pipeline-dir"),))
     with _train_errors():
         from clinisynth.generation.profiles import packaged_minilm_dir
         from clinisynth.knowledge import load_knowledge
         from clinisynth.settings import Settings
         from clinisynth.training.scratch import train_scratch
 
+        overrides = _loop_settings(
+            max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, mixed_precision=mixed_precision,
+            snr_gamma=snr_gamma, ema_decay=ema_decay, caption_dropout=caption_dropout,
+            validation_every=validation_every,
+            checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed)
         settings = Settings()
         path = train_scratch(
             dataset_dir=data, output_dir=output, vae_dir=vae,
@@ -185,11 +221,7 @@ def scratch(
             caption_variants=caption_variants, balance_classes=balance_classes,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
             data_attribution=data_attribution,
-            settings_overrides=_loop_settings(
-                max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, mixed_precision=mixed_precision,
-                snr_gamma=snr_gamma, ema_decay=ema_decay, caption_dropout=caption_dropout,
-                validation_every=validation_every,
-                checkpoint_every=checkpoint_every, resume=resume, max_minutes=max_minutes, seed=seed),
+            settings_overrides=overrides,
             log=typer.echo)
     typer.echo(str(path))
 
@@ -216,6 +248,7 @@ def vae(
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
     """A small latent VAE (AutoencoderKL; 4x downsampling by default, 8x with four --channels) for `train scratch`."""
+    _check_run_options(output=output, steps=steps, batch_size=batch_size, seed=seed, learning_rate=learning_rate)
     with _train_errors():
         from clinisynth.training.vae import train_vae
 

@@ -11,11 +11,15 @@ from typing import Annotated, Optional
 import typer
 
 from clinisynth.cli.errors import fail
+from clinisynth.cli.options import (check_at_least, check_device, check_fraction, check_output, check_seed,
+                                    path_parser)
 
 
 def train_classifier(
-    data: Annotated[Path, typer.Argument(help="dataset prepared by 'clinisynth prepare' (manifest.csv + <label>/)")],
-    out: Annotated[Path, typer.Option(help="output directory: weights, config, card.json, README.md, loss curve")],
+    data: Annotated[Path, typer.Argument(help="dataset prepared by 'clinisynth prepare' (manifest.csv + <label>/)",
+                                         parser=path_parser("DATA"))],
+    out: Annotated[Path, typer.Option(help="output directory: weights, config, card.json, README.md, loss curve",
+                                      parser=path_parser("--out"))],
     test_data: Annotated[Optional[Path], typer.Option(help="separate held-out folder (else --test-fraction of DATA)")] = None,
     arch: Annotated[str, typer.Option(help="timm architecture")] = "mobilenetv3_small_050",
     pretrained: Annotated[Optional[str], typer.Option(help="timm weights: hub id or local dir (default: from scratch)")] = None,
@@ -33,6 +37,16 @@ def train_classifier(
     attribution: Annotated[Optional[str], typer.Option(help="data source and license for the card")] = None,
 ) -> None:
     """Train a timm classifier on a prepared real dataset, calibrate it and write it with its model card."""
+    for value, minimum, option in ((image_size, 8, "--image-size"), (epochs, 1, "--epochs"),
+                                   (batch_size, 1, "--batch-size"), (threads, 1, "--threads")):
+        check_at_least(value, minimum, option=option)
+    if not lr > 0:
+        fail(f"--lr must be positive, got {lr}")
+    check_fraction(test_fraction, option="--test-fraction")
+    check_fraction(calibration_fraction, option="--calibration-fraction")
+    check_seed(seed)
+    check_device(device)
+    check_output(out, option="--out")
     from clinisynth.evaluation.classifier import ClassifierError
     from clinisynth.evaluation.metrics import DatasetError
     from clinisynth.training.classifier import train_classifier as run

@@ -7,6 +7,7 @@ raised as :class:`PrepareInputError` with every offending value listed (up to a 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -175,8 +176,17 @@ def discover_csv(source: Path, csv_path: Path, *, label_map: dict[str, str] | No
     """
     if not csv_path.is_file():
         raise PrepareInputError(f"--csv {csv_path} does not exist")
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+    data = csv_path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:  # the csv module stops at a NUL with an error that names no file
+        raise PrepareInputError(f"--csv {csv_path} is binary (a NUL byte at offset {nul}), not a CSV file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PrepareInputError(f"--csv {csv_path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                                f"{error.start}); save it as UTF-8 CSV") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         columns = [c.strip() for c in reader.fieldnames or []]
         missing_columns = {"path", "label"} - set(columns)
         if missing_columns:
@@ -184,7 +194,9 @@ def discover_csv(source: Path, csv_path: Path, *, label_map: dict[str, str] | No
                 f"--csv {csv_path} lacks column(s) {_shown(missing_columns)}; expected a header 'path,text,modality,label' "
                 f"(text and modality optional), found {columns or 'no header'}"
             )
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = [{(k or "").strip(): (v if isinstance(v, str) else "").strip() for k, v in row.items()} for row in reader]
+    except csv.Error as error:
+        raise PrepareInputError(f"--csv {csv_path} line {reader.line_num}: not CSV ({error})") from None
     if not rows:
         raise PrepareInputError(f"--csv {csv_path} has a header but no rows")
     root = source.resolve()

@@ -32,7 +32,7 @@ from clinisynth.training.prepare.discover import (
 )
 from clinisynth.training.prepare.labels import LabelError, load_label_map
 from clinisynth.training.prepare.report import write_outputs
-from clinisynth.training.prepare.state import RunState, remove_stale_temp_files
+from clinisynth.training.prepare.state import LEGACY_CONTACT_DIR, RunState, remove_stale_temp_files
 from clinisynth.training.prepare.worker import ItemResult, WorkSettings, process_item
 
 LABEL_SOURCES = ("folders", "csv")
@@ -425,7 +425,8 @@ def _run(config, state, items, captions, discovery, label_map, kind, started, pr
                 thumb = np.frombuffer(bytes.fromhex(frame["thumb"]), dtype=np.uint8).reshape(16, 16)
                 dedup.add(frame["id"], record["label"], frame["pixel_sha256"], int(frame["phash"], 16), thumb, record["sha256"])
     pending = [item for item in items if item.key not in done]
-    if not pending and _previous_report_complete(config.out):
+    # Contact sheets an older version left where loaders take them for a class: write the outputs again (once).
+    if not pending and _previous_report_complete(config.out) and not (config.out / LEGACY_CONTACT_DIR).exists():
         # Nothing to do: leave every file as it is, reports included.
         return _summary(config, json.loads((config.out / "report.json").read_text(encoding="utf-8")), 0, len(items), started)
     settings = WorkSettings(

@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from clinisynth.generation.files import write_atomically
-from clinisynth.training.prepare.state import CONTACT_DIR, JOURNAL, MARKER, SENSITIVE_DIR, SENSITIVE_FILE_MODE, SOURCE_MAP
+from clinisynth.training.prepare.state import (CONTACT_DIR, JOURNAL, LEGACY_CONTACT_DIR, MARKER, SENSITIVE_DIR,
+                                               SENSITIVE_FILE_MODE, SOURCE_MAP)
 
 MANIFEST_COLUMNS = ("path", "text", "modality", "label", "source_sha256", "width", "height")
 QUARANTINE_COLUMNS = ("id", "label", "reason", "value", "detail", "source_sha256")
@@ -258,6 +260,7 @@ def write_outputs(out: Path, records: dict[str, dict], *, context: dict, run: di
     report["complete"] = final
     if final:
         write_contact_sheets(out, manifest, mode=config.mode)
+        shutil.rmtree(out / LEGACY_CONTACT_DIR, ignore_errors=True)  # an older run's sheets: a class to loaders
     write_atomically(out / "report.json", json.dumps(report, indent=2))
     write_atomically(out / "report.md", render_markdown(report))
     return report

@@ -19,7 +19,10 @@ from clinisynth.generation.files import TMP_SUFFIX, write_atomically
 from clinisynth.training.prepare.discover import PrepareInputError
 
 SENSITIVE_DIR = "_sensitive"
-CONTACT_DIR = "_contact_sheets"
+# Hidden: datasets' imagefolder takes every folder holding images for a class, except hidden ones.
+CONTACT_DIR = ".contact_sheets"
+#: Where contact sheets went before: still counted as ours, so that an older OUT resumes.
+LEGACY_CONTACT_DIR = "_contact_sheets"
 MARKER = "prepare.json"
 JOURNAL = "journal.jsonl"
 SOURCE_MAP = "source_map.csv"
@@ -28,7 +31,7 @@ MARKER_VERSION = 1
 SENSITIVE_DIR_MODE = 0o700
 SENSITIVE_FILE_MODE = 0o600
 # Files and folders a prepare run writes at the top of OUT; anything else there means OUT is not ours.
-OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
+OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, LEGACY_CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
 
 
 def remove_stale_temp_files(out: Path) -> int:
