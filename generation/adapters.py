@@ -640,7 +640,7 @@ def _adapter_names(unet) -> list[str]:
 
 def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card: dict, projection=None,
                  card_text: str | None = None, text_encoder=None, text_encoder_lora_config=None,
-                 training_records=None, dataset_dir: Path | None = None) -> Path:
+                 write_extra=None) -> Path:
     """Write an adapter folder (all files of the module docstring), staged and renamed into place.
 
     Args:
@@ -652,9 +652,8 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
         card_text: the README; a summary of ``card`` when ``None``.
         text_encoder, text_encoder_lora_config: a text encoder holding a trained LoRA ``adapter_name`` and its
             ``peft.LoraConfig``, saved under ``text_encoder/``; ``None`` when the encoder was frozen.
-        training_records, dataset_dir: the manifest rows the adapter was trained on and their prepared dataset:
-            their compact memorisation index is shipped under ``memorisation/<modality>/``, so the verifier checks
-            for copies of them where the data is absent; ``None``: no index.
+        write_extra: ``write_extra(staging_folder)`` adds files to the adapter before it is renamed into place
+            (training writes the compact memorisation index of its training images there); ``None``: nothing.
     """
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -693,10 +692,8 @@ def save_adapter(directory: Path, *, unet, adapter_name: str, lora_config, card:
                                                      "text_encoder_lora": text_state is not None}, indent=2,
                                                     default=str) + "\n")
         (staging / CARD_TEXT).write_text(card_text or card_markdown(card))
-        if training_records is not None:
-            from clinisynth.evaluation.memorisation import SHIPPED_INDEX_DIR, write_shipped_indexes
-
-            write_shipped_indexes(training_records, dataset_dir=dataset_dir, directory=staging / SHIPPED_INDEX_DIR)
+        if write_extra is not None:
+            write_extra(staging)
         read_card(staging)  # what we wrote must read back
     return directory
 

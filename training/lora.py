@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from clinisynth.evaluation.memorisation import SHIPPED_INDEX_DIR, write_shipped_indexes
 from clinisynth.generation.adapters import DEFAULT_TARGET_MODULES, TEXT_ENCODER_TARGET_MODULES
 from clinisynth.generation.files import write_atomically
 from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
@@ -252,7 +253,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
         save_adapter(final, unet=accelerator.unwrap_model(model).unet, adapter_name=ADAPTER_NAME,
                      lora_config=lora_config, card=card, projection=projection,
                      text_encoder=text_encoder if train_text_encoder else None, text_encoder_lora_config=text_lora_config,
-                     training_records=train_records, dataset_dir=Path(dataset_dir))
+                     write_extra=lambda staging: write_shipped_indexes(  # the verifier's check where data is absent
+                         train_records, dataset_dir=Path(dataset_dir), directory=staging / SHIPPED_INDEX_DIR))
         log(f"adapter saved to {final}")
     accelerator.wait_for_everyone()
     return final
