@@ -47,20 +47,13 @@ def class_key(record: ManifestRecord) -> str:
     return f"{record.modality.removeprefix('modality.')}/{record.label}"
 
 
-def class_prompts(records, caption_of) -> dict[str, str]:
-    """The most common caption of each class (:func:`class_key`): what validation images and the card use."""
-    by_class: dict[str, Counter] = {}
+def typical_captions(records, caption_of, *, key=lambda record: record.label) -> dict[str, str]:
+    """The most common caption per ``key(record)`` (the label, or :func:`class_key` for a generator of several
+    modalities): what validation images and the card use."""
+    by_key: dict[str, Counter] = {}
     for record in records:
-        by_class.setdefault(class_key(record), Counter())[caption_of[record.path]] += 1
-    return {key: counts.most_common(1)[0][0] for key, counts in sorted(by_class.items())}
-
-
-def label_prompts(records, caption_of) -> dict[str, str]:
-    """The most common caption of each label: what validation images and the card's examples use."""
-    by_label: dict[str, Counter] = {}
-    for record in records:
-        by_label.setdefault(record.label, Counter())[caption_of[record.path]] += 1
-    return {label: counts.most_common(1)[0][0] for label, counts in sorted(by_label.items())}
+        by_key.setdefault(key(record), Counter())[caption_of[record.path]] += 1
+    return {name: counts.most_common(1)[0][0] for name, counts in sorted(by_key.items())}
 
 
 def varied_captions(records: list[ManifestRecord], *, knowledge, max_variants: int) -> list[str]:

@@ -126,7 +126,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
     from clinisynth.generation.adapters import encoder_signature, save_adapter, unet_signature
     from clinisynth.generation.pipeline import Generator, load_components
     from clinisynth.generation.projection import make_projection
-    from clinisynth.training.captions import captions_for, label_prompts
+    from clinisynth.training.captions import captions_for, typical_captions
 
     out = Path(output_dir)
     settings = LoopSettings(output_dir=out, **(settings_overrides or {}))
@@ -212,7 +212,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
     n_trainable = sum(p.numel() for p in trainable.values())
     log(f"trainable parameters: {n_trainable:,} of {total:,} ({100 * n_trainable / total:.3f} %)")
 
-    sample_prompts = label_prompts(train_records, caption_of)
+    sample_prompts = typical_captions(train_records, caption_of)
     steps = sample_steps or profile.default_steps
     scale = profile.default_guidance if guidance is None else guidance
 

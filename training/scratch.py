@@ -89,7 +89,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     from clinisynth.generation.pipeline import Generator
     from clinisynth.generation.profiles import ModelProfile
     from clinisynth.agents.prompting import caption_for_label
-    from clinisynth.training.captions import captions_for, class_key, class_prompts, varied_captions
+    from clinisynth.training.captions import captions_for, class_key, typical_captions, varied_captions
 
     if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
         raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
@@ -100,7 +100,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     settings.check()
     records = read_manifest(dataset_dir, labels=labels, limit=limit)
     # One model may draw several modalities: its classes are (modality, label) pairs, "normal" being one of each
-    # (class_prompts keys them "modality/label").
+    # (typical_captions keys them "modality/label").
     if caption_variants:
         if knowledge is None:
             raise ValueError("caption_variants needs the knowledge base (knowledge=clinisynth.knowledge.load_knowledge())")
@@ -150,7 +150,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     trainable = {name: p for name, p in unet.named_parameters()}
     log(f"U-Net {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M parameters, all trained")
 
-    sample_prompts = class_prompts(train_records, caption_of)
+    sample_prompts = typical_captions(train_records, caption_of, key=class_key)
     if caption_variants:  # validation images use each class's plain caption, not a random variant
         sample_prompts = {key: caption_for_label(knowledge=knowledge, modality_id=f"modality.{key.split('/')[0]}",
                                                  label=key.split("/", 1)[1]) for key in sample_prompts}
