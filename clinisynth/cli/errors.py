@@ -16,6 +16,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.agents.planner import PlanError
     from clinisynth.curation.spec import CampaignError
     from clinisynth.generation.adapters import AdapterError
+    from clinisynth.generation.owner import OwnerError
     from clinisynth.generation.profiles import ModelNotFoundError, ProfileError
     from clinisynth.generation.storage import StorageError
     from clinisynth.knowledge import KnowledgeError
@@ -23,7 +24,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.verifier_setup import VerifierSetupError
 
     return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError,
-            VerifierSetupError, CampaignError, AdapterError)
+            VerifierSetupError, CampaignError, AdapterError, OwnerError)
 
 
 def fail(message: str) -> None:

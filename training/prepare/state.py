@@ -15,6 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
+from clinisynth.generation import owner
 from clinisynth.generation.files import TMP_SUFFIX, write_atomically
 from clinisynth.training.prepare.discover import PrepareInputError
 
@@ -25,7 +26,7 @@ JOURNAL = "journal.jsonl"
 SOURCE_MAP = "source_map.csv"
 MARKER_VERSION = 1
 # Files and folders a prepare run writes at the top of OUT; anything else there means OUT is not ours.
-OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
+OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, owner.MARKER_NAME, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
 
 
 def remove_stale_temp_files(out: Path) -> int:
@@ -64,6 +65,10 @@ class RunState:
         """
         if self.out.exists() and not self.out.is_dir():
             raise PrepareInputError(f"OUT {self.out} is a file; give a folder")
+        try:
+            owner.check_owner(self.out, kind="prepare")  # a generated dataset is never prepared into
+        except owner.OwnerError as error:
+            raise PrepareInputError(str(error)) from None
         marker_path = self.sensitive / MARKER
         if marker_path.is_file():
             marker = json.loads(marker_path.read_text(encoding="utf-8"))
@@ -95,6 +100,7 @@ class RunState:
                 "note": "SENSITIVE: names the source; the secret links opaque ids to source paths. Do not share.",
             }
             write_atomically(marker_path, json.dumps(marker, indent=2))
+        owner.claim(self.out, kind="prepare", made_by="clinisynth prepare")
         self._load_journal()
 
     def _load_journal(self) -> None:
