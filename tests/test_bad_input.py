@@ -102,6 +102,14 @@ CASES: dict[str, list[dict]] = {
         {"args": ["--adapters-dir", "{tmp}/a-file"], "message": "adapters_dir"},
         {"env": {"CLINISYNTH_ADAPTERS_DIR": "{tmp}/nowhere"}, "message": "adapters_dir"},
     ],
+    # "dataset:HOW": OUT is a small generated dataset damaged as tests/_dataset_helpers.damage does it.
+    "output dir made by `clinisynth prepare`": [{"setup": "dataset:prepared", "message": "made by `clinisynth prepare`"}],
+    "zero-byte or truncated PNG": [{"setup": "dataset:zero_png", "message": "clinisynth doctor"},
+                                   {"setup": "dataset:truncated_png", "message": "truncated PNG"}],
+    "garbage or half line in `metadata.jsonl`": [{"setup": "dataset:garbage_line", "message": "line 2: not JSON"},
+                                                 {"setup": "dataset:half_line", "message": "half a line"}],
+    "foreign `manifest.csv` header": [{"setup": "dataset:foreign_header", "message": "foreign header"}],
+    "damaged counters file": [{"setup": "dataset:damaged_counters", "message": "damaged counters file"}],
 }
 
 
@@ -161,6 +169,11 @@ def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp
 
     (tmp_path / "a-file").write_text("keep me", encoding="utf-8")
     (tmp_path / "empty-generator").mkdir()
+    if case.get("setup", "").startswith("dataset:"):
+        from _dataset_helpers import damage, make_dataset
+
+        make_dataset(tmp_path / "out")
+        damage(tmp_path / "out", case["setup"].split(":", 1)[1])
     if case.get("setup") == "unwritable":
         (tmp_path / "locked").mkdir()
         if os.geteuid() == 0:
