@@ -244,7 +244,6 @@ class _AdmitCheck:
         return self.reason
 
 
-
 def _embedding_of(services: Services, attempt: dict):
     from PIL import Image
 

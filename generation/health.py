@@ -64,13 +64,15 @@ class Problem:
 def png_problem(path: Path) -> tuple[str, str] | None:
     """``(kind, detail)`` when ``path`` is empty, not a PNG or cut short (signature, IHDR and IEND checked)."""
     try:
-        size = path.stat().st_size
-        if size == 0:
-            return "zero_png", "zero-byte PNG"
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-            handle.seek(max(0, size - len(PNG_TRAILER)))
-            tail = handle.read()
+        descriptor = os.open(path, os.O_RDONLY)
+        try:  # two small unbuffered reads: the file is never read whole
+            size = os.fstat(descriptor).st_size
+            if size == 0:
+                return "zero_png", "zero-byte PNG"
+            head = os.pread(descriptor, 16, 0)
+            tail = os.pread(descriptor, len(PNG_TRAILER), max(0, size - len(PNG_TRAILER)))
+        finally:
+            os.close(descriptor)
     except OSError as error:
         return "truncated_png", f"unreadable PNG ({error.strerror})"
     if head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
@@ -185,8 +187,12 @@ def _seed_problems(path: Path) -> list[Problem]:
     return problems
 
 
-def inspect_dataset(root: Path) -> list[Problem]:
+def inspect_dataset(root: Path, *, blocking_only: bool = False) -> list[Problem]:
     """Every problem of the generated dataset ``root`` (empty for a healthy or missing folder); writes nothing.
+
+    Args:
+        blocking_only: look only for the problems that refuse a run (what the start-up check needs; the run
+            folders are then not walked).
 
     Call it with the dataset lock held (:func:`~clinisynth.generation.storage.dataset_lock`) when writers may be
     running.
@@ -233,6 +239,8 @@ def inspect_dataset(root: Path) -> list[Problem]:
         if found is not None:
             problems.append(Problem(found[0], png, found[1], True))
 
+    if blocking_only:
+        return problems
     # What does not stop a run.
     named = {record["file_name"] for _, record in records}
     for png in pngs:
@@ -284,7 +292,7 @@ def check_dataset(root: Path) -> None:
     except owner.OwnerError as error:
         raise StorageError(str(error)) from None
     with dataset_lock(root, create=False):
-        blocking = [problem for problem in inspect_dataset(root) if problem.blocking]
+        blocking = [problem for problem in inspect_dataset(root, blocking_only=True) if problem.blocking]
     if blocking:
         more = f" (and {len(blocking) - 1} more problem(s))" if len(blocking) > 1 else ""
         raise StorageError(f"output dir {root} is damaged: {blocking[0].describe(root)}{more}; nothing was generated. "
