@@ -5,7 +5,7 @@
    stored, byte-identical copies, distinct seeds, wall time; baseline in the same run: one process asked for all
    ``writers x images`` images.
 2. ``check_dataset`` (the health check ``generate`` runs first) on a dataset of ``N`` stored images, median of
-   ``--repeat``, against a plain listing of the same folder (``os.walk``), the listing with a ``stat`` of every
+   ``--repeat`` (interleaved), against a plain listing of the same folder (``os.walk``), the listing with a ``stat`` of every
    file, and reading every PNG whole (what decoding every image would at least cost).
 
     python benchmarks/bench_concurrent_writers.py [--writers 4] [--images 6] [--sizes 1000,5000] [--skip-writers]
@@ -84,13 +84,15 @@ def _dataset(root: Path, n: int) -> None:
                       metadata={"seed": index, "run_id": "bench", "slot": index, "prompt": REQUEST})
 
 
-def _median(function, repeat: int) -> float:
-    times = []
+def _medians(functions: list, repeat: int) -> list[float]:
+    """Median time of each function, run interleaved (one of each per round) so that all see the same load."""
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for function, spent in zip(functions, times):
+            started = time.perf_counter()
+            function()
+            spent.append(time.perf_counter() - started)
+    return [statistics.median(spent) for spent in times]
 
 
 def health(args, work: Path) -> None:
@@ -115,10 +117,8 @@ def health(args, work: Path) -> None:
     for n in args.sizes:
         root = work / f"dataset-{n}"
         _dataset(root, n)
-        base = _median(lambda: listing(root), args.repeat)
-        stat = _median(lambda: listing_and_stat(root), args.repeat)
-        check = _median(lambda: check_dataset(root), args.repeat)
-        whole = _median(lambda: read_all(root), args.repeat)
+        base, stat, check, whole = _medians([lambda: listing(root), lambda: listing_and_stat(root),
+                                             lambda: check_dataset(root), lambda: read_all(root)], args.repeat)
         print(f"| {n} | {base * 1000:.1f} ms | {stat * 1000:.1f} ms | {check * 1000:.1f} ms | "
               f"{check / n * 1e6:.0f} us | {whole * 1000:.1f} ms |")
 
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--sizes", type=lambda text: [int(v) for v in text.split(",")], default=[1000, 5000])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: the settings' cache dir")
     parser.add_argument("--skip-writers", action="store_true", help="only the health-check figures")
     args = parser.parse_args()

@@ -101,3 +101,49 @@ def test_concurrent_reservations_never_share_a_seed(tmp_path, seed):
     assert sum(len(s) for s in seeds) == len(set().union(*seeds))  # no seed in two runs
     if seed == 0:
         assert sorted(bases) == [0, 6, 12, 18, 24, 30, 36, 42]  # each continues where the others stopped
+
+
+def test_a_store_can_be_refused_under_the_lock_after_seeing_what_others_stored(tmp_path):
+    from PIL import Image
+
+    mine, theirs = OrderedStorage(tmp_path), OrderedStorage(tmp_path)
+    mine.store(image=Image.new("L", (8, 8), 1), modality="chest_xray", label="normal", metadata={"seed": 1})
+    assert len(mine.records()) == 1
+    theirs.store(image=Image.new("L", (8, 8), 2), modality="chest_xray", label="normal", metadata={"seed": 2})
+    seen = []
+
+    def admit(records):
+        seen.extend(record["seed"] for record in records)
+        return "duplicate of seed 2"
+
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    counters = (tmp_path / ".clinisynth_counters.json").read_bytes()
+    assert mine.store(image=Image.new("L", (8, 8), 2), modality="chest_xray", label="normal",
+                      metadata={"seed": 3}, admit=admit) is None
+    assert seen == [1, 2]  # what the other writer stored since this one last looked
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # refused: nothing written, no number used
+    assert (tmp_path / ".clinisynth_counters.json").read_bytes() == counters
+
+
+def test_the_accept_time_check_refuses_an_image_another_process_stored_meanwhile(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from clinisynth.agents.context import Services
+    from clinisynth.agents.nodes import _AdmitCheck, _stored_embeddings
+    from clinisynth.agents.verifier import Verifier
+
+    pixels = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "L")
+    services = Services(planner=None, storage=OrderedStorage(tmp_path), verifier=Verifier())
+    assert len(_stored_embeddings(services, "chest_xray", run_id="mine")) == 0  # the run starts: nothing stored
+    OrderedStorage(tmp_path).store(image=image, modality="chest_xray", label="normal",
+                                   metadata={"seed": 5, "run_id": "theirs"})  # another process accepts a copy
+    check = _AdmitCheck(services, "mine", "chest_xray", services.verifier.embed(image))
+    assert services.storage.store(image=image, modality="chest_xray", label="normal",
+                                  metadata={"seed": 6, "run_id": "mine"}, admit=check) is None
+    assert check.reason.startswith("duplicate: 1.0000 similar to an image another run stored meanwhile")
+    other = Image.fromarray(255 - pixels, "L")
+    fresh = _AdmitCheck(services, "mine", "chest_xray", services.verifier.embed(other))
+    assert services.storage.store(image=other, modality="chest_xray", label="normal",
+                                  metadata={"seed": 7, "run_id": "mine"}, admit=fresh) is not None
