@@ -61,7 +61,7 @@ class Problem:
         return f"{where}{f' line {self.line}' if self.line else ''}: {self.detail}"
 
 
-def png_problem(path: Path) -> tuple[str, str] | None:
+def png_problem(path: Path | str) -> tuple[str, str] | None:
     """``(kind, detail)`` when ``path`` is empty, not a PNG or cut short (signature, IHDR and IEND checked)."""
     try:
         descriptor = os.open(path, os.O_RDONLY)
@@ -84,13 +84,18 @@ def png_problem(path: Path) -> tuple[str, str] | None:
 
 def class_pngs(root: Path) -> list[Path]:
     """Every ``<modality>/<label>/*.png`` of the dataset (what the duplicate check opens), sorted."""
+    return [Path(path) for path in _class_png_paths(root)]
+
+
+def _class_png_paths(root: Path) -> list[str]:
+    # Plain strings: for thousands of files, Path objects and their sorting cost more than the checks.
     found = []
     for modality in os.scandir(root):
         if not modality.is_dir() or modality.name in NOT_MODALITY_DIRS or modality.name.startswith((".", "_")):
             continue
         for label in os.scandir(modality.path):
             if label.is_dir():
-                found += [Path(entry.path) for entry in os.scandir(label.path)
+                found += [entry.path for entry in os.scandir(label.path)
                           if entry.name.endswith(".png") and entry.is_file()]
     return sorted(found)
 
@@ -221,10 +226,12 @@ def inspect_dataset(root: Path, *, blocking_only: bool = False) -> list[Problem]
         if header is not None:
             problems.append(header)
         else:
-            manifest_names = _manifest_names(manifest_path)
-            if not manifest_path.read_bytes().endswith(b"\n") and not interrupted:
+            data = manifest_path.read_bytes()
+            if not data.endswith(b"\n") and not interrupted:
                 problems.append(Problem("half_line", manifest_path, "half a row at the end (no newline)", True,
-                                        len(manifest_names) + 2))
+                                        data.count(b"\n") + 1))
+            if not blocking_only:
+                manifest_names = _manifest_names(manifest_path)
 
     counters_path = root / COUNTERS_NAME
     counters = read_counters(counters_path) if counters_path.is_file() else {}
@@ -233,15 +240,16 @@ def inspect_dataset(root: Path, *, blocking_only: bool = False) -> list[Problem]
                                                                    '{"counters": {...}} storage writes)', True))
     problems += _seed_problems(root / SEEDS_NAME)
 
-    pngs = class_pngs(root)
-    for png in pngs:
+    png_paths = _class_png_paths(root)
+    for png in png_paths:
         found = png_problem(png)
         if found is not None:
-            problems.append(Problem(found[0], png, found[1], True))
+            problems.append(Problem(found[0], Path(png), found[1], True))
 
     if blocking_only:
         return problems
     # What does not stop a run.
+    pngs = [Path(png) for png in png_paths]
     named = {record["file_name"] for _, record in records}
     for png in pngs:
         file_name = png.relative_to(root).as_posix()
