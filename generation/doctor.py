@@ -104,7 +104,7 @@ def repair_dataset(root: Path) -> list[str]:
         raise StorageError(f"run {writer} is writing into {root}; repair it once that run has stopped")
     quarantine = _Quarantine(root)
     storage = OrderedStorage(root)
-    with dataset_lock(root, create=True):
+    with dataset_lock(root, create=False):  # a folder no writer of ours has been in gets no lock file
         _repair_marker(root, quarantine)
         _repair_metadata(root, quarantine)
         pending = root / PENDING_NAME
