@@ -25,8 +25,10 @@ class Services:
         verifier: the :class:`clinisynth.agents.verifier.Verifier` (sanity and duplicates at least; classifier,
             CLIP score and memorisation where loaded).
         on_progress: ``(event, info)`` callback for the CLI's progress display.
-        stored_embeddings: per storage modality, embeddings of the images stored in the output dir before
-            this run (filled on first use by the verify node; a cache, not state).
+        stored_embeddings: per storage modality, embeddings of the images other runs stored in the output dir
+            (filled on first use by the verify node, extended with what other processes store meanwhile; a
+            cache, not state).
+        seen_files: the stored images already looked at for ``stored_embeddings``.
     """
 
     planner: Planner
@@ -36,3 +38,4 @@ class Services:
     verifier: Verifier = field(default_factory=Verifier)
     on_progress: Callable[[str, dict], None] = lambda event, info: None
     stored_embeddings: dict[str, Any] = field(default_factory=dict)
+    seen_files: set[Path] = field(default_factory=set)

@@ -10,9 +10,7 @@ from clinisynth.agents.context import Services
 from clinisynth.agents.plan import Plan
 from clinisynth.agents.state import Attempt, GraphState
 from clinisynth.agents.tracing import traced
-
-#: Seeds of later rounds move by a large prime so that no slot ever reuses another slot's seed.
-ROUND_SEED_STRIDE = 1_000_003
+from clinisynth.generation.seeds import CANDIDATE_SEED_STRIDE, ROUND_SEED_STRIDE, attempt_seed  # noqa: F401
 
 
 def _dump(value) -> dict:
@@ -74,15 +72,6 @@ def _save_png_atomically(image, path: Path) -> None:
     write_atomically(path, encoded.getvalue())
 
 
-#: Best-of-N candidates move by a larger prime than all rounds together (20 x ROUND_SEED_STRIDE).
-CANDIDATE_SEED_STRIDE = 50_000_017
-
-
-def attempt_seed(*, base: int, slot: int, round_number: int, candidate: int) -> int:
-    """The seed of one candidate: distinct for every (slot, round, candidate) of a run."""
-    return base + slot + (round_number - 1) * ROUND_SEED_STRIDE + candidate * CANDIDATE_SEED_STRIDE
-
-
 @traced("generate", reads=("round", "steps", "guidance", "seed", "best_of", "slot_settings"))
 def generate(state: GraphState, runtime: Runtime[Services]) -> dict:
     """Draw ``best_of`` candidates for every unfilled slot, each slot with its own (possibly refined) settings.
@@ -130,27 +119,44 @@ def generate(state: GraphState, runtime: Runtime[Services]) -> dict:
     return {"round": round_number, "attempts": attempts, "status": "generating"}
 
 
-def _stored_embeddings(services: Services, modality: str, *, run_id: str):
-    """Embeddings of the images filed under ``OUT/<modality>/`` by other runs (computed once per process).
+def _stored_embeddings(services: Services, modality: str, *, run_id: str, records: list[dict] | None = None):
+    """Embeddings of the images filed under ``OUT/<modality>/`` by other runs, kept up to date.
 
+    The first call embeds the files there; each later call embeds only the images other processes stored since
+    (their metadata records), so a run sees what concurrent runs accepted. ``records`` are the dataset's records
+    when the caller holds them (read under the dataset lock at accept time); read here otherwise.
     This run's own images are left out: they are the accepted attempts, and a resumed verify node must not
     find the image it filed before the interruption a duplicate of itself.
     """
     import numpy as np
     from PIL import Image
 
+    root = Path(services.storage.root)
     if modality not in services.stored_embeddings:
-        folder = Path(services.storage.root) / modality
+        folder = root / modality
         services.storage.recover()  # a store a kill left half done is finished first: its image is then ours
-        own = {Path(services.storage.root) / r["file_name"] for r in services.storage.read_metadata()
-               if r.get("run_id") == run_id}
+        records = services.storage.records()
+        own = {root / r["file_name"] for r in records if r.get("run_id") == run_id}
         files = sorted(f for f in folder.glob("*/*.png") if f not in own) if folder.is_dir() else []
+        services.seen_files.update(files)
+        services.seen_files.update(own)
+        width = services.verifier.embed(Image.new("L", (8, 8))).shape[0]
+        services.stored_embeddings[modality] = np.zeros((0, width), np.float32)
+    else:
+        files = []
+        for record in services.storage.records() if records is None else records:
+            path = root / record["file_name"]
+            if record.get("modality") == modality and path not in services.seen_files:
+                services.seen_files.add(path)
+                if record.get("run_id") != run_id and path.is_file():
+                    files.append(path)
+    if files:
         embeddings = []
         for file in files:
             with Image.open(file) as image:
                 embeddings.append(services.verifier.embed(image))
-        width = services.verifier.embed(Image.new("L", (8, 8))).shape[0]
-        services.stored_embeddings[modality] = np.stack(embeddings) if embeddings else np.zeros((0, width), np.float32)
+        services.stored_embeddings[modality] = np.concatenate([services.stored_embeddings[modality],
+                                                               np.stack(embeddings)])
     return services.stored_embeddings[modality]
 
 
@@ -162,8 +168,10 @@ def _storage_modality(services: Services, plan: Plan) -> str:
 def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
     """Score every pending candidate with the verifier; per slot keep the best one that passes every signal.
 
-    Duplicates are checked against the images already in the output dataset (same modality) and the
-    candidates accepted earlier in this run. Each slot's chosen candidate is filed at once (see :func:`_file`).
+    Duplicates are checked against the images already in the output dataset (same modality, including what
+    other processes stored since the run began) and the candidates accepted earlier in this run. Each slot's
+    chosen candidate is filed at once (see :func:`_file`), after a last duplicate check under the dataset lock
+    against what other processes stored meanwhile; one refused there is rejected as a duplicate.
     """
     import numpy as np
     from PIL import Image
@@ -199,11 +207,41 @@ def verify(state: GraphState, runtime: Runtime[Services]) -> dict:
             if verdict.accepted and index != chosen:
                 attempt["verdict"] = "passed_not_chosen"
         if chosen is not None:
-            known.append(embeddings[chosen][None, :])
             # Stored as it passes: an interruption keeps every image accepted so far.
-            candidates[chosen]["stored_as"] = _file(services, state, plan, candidates[chosen])
-            stored.append(candidates[chosen]["stored_as"])
+            admit = _AdmitCheck(services, state.run_id, modality, embeddings[chosen])
+            stored_as = _file(services, state, plan, candidates[chosen], admit=admit)
+            if stored_as is None:
+                candidates[chosen].update(verdict="rejected", accepted=False, failure="duplicate",
+                                          failures=[*candidates[chosen].get("failures", []), "duplicate"],
+                                          reasons=[*candidates[chosen].get("reasons", []), admit.reason])
+                continue
+            known.append(embeddings[chosen][None, :])
+            candidates[chosen]["stored_as"] = stored_as
+            stored.append(stored_as)
     return {"attempts": attempts, "stored": stored}
+
+
+class _AdmitCheck:
+    """The last duplicate check of an accepted candidate, run by the store under the dataset lock: against the
+    images other processes stored since this run last looked (``OrderedStorage.store(admit=...)``)."""
+
+    def __init__(self, services: Services, run_id: str, modality: str, embedding) -> None:
+        self.services, self.run_id, self.modality, self.embedding = services, run_id, modality, embedding
+        self.reason: str | None = None
+
+    def __call__(self, records: list[dict]) -> str | None:
+        from clinisynth.evaluation.memorisation import max_similarity
+
+        before = len(self.services.stored_embeddings[self.modality])
+        known = _stored_embeddings(self.services, self.modality, run_id=self.run_id, records=records)
+        if len(known) == before:
+            return None
+        similarity, row = max_similarity(self.embedding, known[before:])
+        limit = self.services.verifier.thresholds_for(self.modality).max_duplicate_similarity
+        if row is not None and similarity >= limit:
+            self.reason = (f"duplicate: {similarity:.4f} similar to an image another run stored meanwhile "
+                           f"(limit {limit})")
+        return self.reason
 
 
 def _embedding_of(services: Services, attempt: dict):
@@ -250,10 +288,11 @@ def refine(state: GraphState, runtime: Runtime[Services]) -> dict:
     return {"attempts": attempts, "slot_settings": slot_settings}
 
 
-def _file(services: Services, state: GraphState, plan: Plan, attempt: dict) -> str:
+def _file(services: Services, state: GraphState, plan: Plan, attempt: dict, admit=None) -> str | None:
     """File one accepted candidate in ordered storage (PNG, metadata line, manifest row) and return its name.
 
     Idempotent per (run, slot): a node that runs again after an interruption gets the image already filed.
+    ``admit`` (see ``OrderedStorage.store``) may refuse it under the lock: ``None`` is returned then.
     """
     from PIL import Image
 
@@ -274,6 +313,7 @@ def _file(services: Services, state: GraphState, plan: Plan, attempt: dict) -> s
                 "labels": sorted({f.label for f in plan.findings if f.status == "present"}),
                 "modality": modality_label,
                 "seed": attempt["seed"],
+                "run_seed": state.seed,
                 "steps": attempt["steps"],
                 "guidance": attempt["guidance"],
                 "adapters": list(getattr(services.generator, "adapters", [])),
@@ -285,7 +325,10 @@ def _file(services: Services, state: GraphState, plan: Plan, attempt: dict) -> s
                 "knowledge_version": plan.knowledge_version,
             },
             unique={"run_id": state.run_id, "slot": attempt["slot"]},
+            admit=admit,
         )
+    if result is None:
+        return None
     services.on_progress("stored", {"file_name": result.file_name, "slot": attempt["slot"]})
     return result.file_name
 

@@ -125,6 +125,15 @@ class PlannedRun:
     plan: Plan
     connection: sqlite3.Connection
 
+    def reseed(self, seed: int, *, max_rounds: int) -> None:
+        """Give the planned run the base seed its dataset reserved for it (nothing is planned again): the
+        checkpoint the run continues from, and :attr:`state`, carry ``seed`` from now on."""
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        graph = build_graph(checkpointer=SqliteSaver(self.connection))
+        graph.update_state(_graph_config(self.run_id, max_rounds), {"seed": seed}, as_node="prompt")
+        self.state = self.state.model_copy(update={"seed": seed})
+
     def save_checkpoints(self, path: Path) -> sqlite3.Connection:
         """Copy the checkpoints into the database file ``path``; return an open connection to it."""
         target = sqlite3.connect(path, check_same_thread=False)
@@ -142,7 +151,7 @@ def plan_run(
     planner: Planner,
     request: str,
     n_images: int,
-    seed: int,
+    seed: int | None,
     steps: int,
     guidance: float,
     max_rounds: int,
@@ -153,6 +162,9 @@ def plan_run(
 
     It reports no progress: a request refused here prints only its error. :func:`run_generation` reports these
     nodes' progress events when the run starts.
+
+    ``seed=None`` (a seed the dataset draws when the run starts) plans with base seed 0;
+    :func:`run_generation` gives the run its reserved base seed (:meth:`PlannedRun.reseed`).
 
     This is the only planning a run does: the checks that must come before any write or model load (a modality
     and something to draw here; the generator's coverage and the adapter choice in :func:`clinisynth.api.generate`)
@@ -165,8 +177,8 @@ def plan_run(
 
     text = planner.check_request(request)
     run_id = run_id or new_run_id()
-    initial = GraphState(request=text, run_id=run_id, n_images=n_images, seed=seed, steps=steps, guidance=guidance,
-                         max_rounds=max_rounds, best_of=best_of)
+    initial = GraphState(request=text, run_id=run_id, n_images=n_images, seed=0 if seed is None else seed, steps=steps,
+                         guidance=guidance, max_rounds=max_rounds, best_of=best_of)
     connection = sqlite3.connect(":memory:", check_same_thread=False)
     try:
         graph = build_graph(checkpointer=SqliteSaver(connection))
@@ -210,7 +222,7 @@ def run_generation(
     storage,
     request: str,
     n_images: int,
-    seed: int,
+    seed: int | None,
     steps: int,
     guidance: float,
     max_rounds: int,
@@ -231,7 +243,13 @@ def run_generation(
     ``running``, with this process's id) and again at the end with every node's event, every attempt
     (accepted or not) and the final status, also when the run fails half-way.
 
+    Before anything else is written, the run's seeds are reserved in the dataset
+    (:meth:`~clinisynth.generation.storage.OrderedStorage.reserve_seeds`): ``seed=None`` draws a fresh base seed,
+    a given seed is kept unless earlier runs there drew from it (then the run continues with the unused slots).
+    The base seed, the one asked for and why they differ go in the trace's ``parameters``.
+
     Args:
+        seed: the base seed asked for; ``None`` to draw a fresh one.
         verifier: decides which candidates are kept; a sanity + duplicate :class:`Verifier` when ``None``.
         best_of: candidates drawn per slot and round; the best that passes every check is kept.
         resume: continue the interrupted run ``run_id`` from its LangGraph checkpoint (``request`` and the
@@ -254,6 +272,9 @@ def run_generation(
         trace.setdefault("resumed", []).append({"at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                                                 "after_status": trace.get("status"), "error": trace.get("error")})
         trace.pop("error", None)
+        # A run made before seed reservations keeps the seeds its checkpoint holds; later runs then avoid them.
+        storage.reserve_seeds(run_id=run_id, seed=seed, n_images=n_images, max_rounds=max_rounds, best_of=best_of,
+                              keep=True)
     else:
         if planned is None:
             planned = plan_run(planner=planner, request=request, n_images=n_images, seed=seed, steps=steps,
@@ -263,15 +284,24 @@ def run_generation(
                            max_rounds=max_rounds, best_of=best_of, run_id=run_id)
         run_id = planned.run_id
         run_dir = Path(storage.root) / "runs" / run_id
+        # Under the dataset lock, before any image: concurrent runs into this dataset never draw one seed.
+        reservation = storage.reserve_seeds(run_id=run_id, seed=seed, n_images=n_images, max_rounds=max_rounds,
+                                            best_of=best_of)
+        if reservation.base != planned.state.seed:
+            planned.reseed(reservation.base, max_rounds=max_rounds)
+        seed = reservation.base
         trace = {
             "format": TRACE_FORMAT,
             "run_id": run_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "request": request,
             "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
-                           "max_rounds": max_rounds, "best_of": best_of, "profile": profile},
+                           "max_rounds": max_rounds, "best_of": best_of, "profile": profile,
+                           "seed_requested": reservation.requested},
             "plan": planned.state.plan,
         }
+        if reservation.note:
+            trace["parameters"]["seed_note"] = reservation.note
         if adapters is not None:
             trace["parameters"]["adapters"] = [{key: entry[key] for key in ("name", "path", "weight", "card_sha256")}
                                                for entry in adapters.get("chosen", [])]
@@ -332,6 +362,8 @@ def run_generation(
 
 def _check_planned(planned: PlannedRun, *, request: str, run_id: str | None, **numbers) -> None:
     state = planned.state
+    if numbers.get("seed") is None:  # a seed the dataset draws: planned with 0
+        numbers["seed"] = 0
     differs = [name for name, value in numbers.items() if getattr(state, name) != value]
     if state.request != request.strip() or differs or (run_id is not None and run_id != planned.run_id):
         raise ValueError(f"the planned run {planned.run_id} was planned for other settings ({differs or 'request'}); "

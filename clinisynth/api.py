@@ -139,7 +139,7 @@ def generate(
     *,
     out: Path | str,
     n: int = 4,
-    seed: int = 0,
+    seed: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
     max_rounds: int | None = None,
@@ -158,6 +158,9 @@ def generate(
     image is filed as soon as it is verified.
 
     Args:
+        seed: the base seed (slot ``i`` starts at ``seed + i``). ``None``: the run draws a fresh one. Either way the
+            seeds are reserved in ``out`` first, so no two runs there draw one seed: a given seed whose seeds earlier
+            runs already drew moves to the first unused ones (the trace's ``parameters`` say so).
         adapters: LoRA adapters to draw with, each ``"NAME_OR_PATH[:WEIGHT]"`` or a ``(name_or_path, weight)``
             pair (a name is looked up in ``adapters_dir``). When none are named, the plan's modality and label
             choose one from ``adapters_dir`` (the most specific that fits the base model), or none. The choice
@@ -179,6 +182,7 @@ def generate(
     from clinisynth.agents.runner import (checkpointed_plan, plan_run, resumable_run, run_generation,
                                           validate_run_arguments)
     from clinisynth.generation.adapters import AdapterError, AdapterRequest, resumed_choice
+    from clinisynth.generation.health import check_dataset
     from clinisynth.generation.profiles import PROFILE_NAMES, ProfileError, coverage_problem, generator_record
     from clinisynth.generation.storage import OrderedStorage, check_output_dir, check_run_id
     from clinisynth.models import ADAPTERS_DIR
@@ -187,6 +191,7 @@ def generate(
     if resume is not None:
         if adapters or adapters_dir is not None:
             raise AdapterError("a resumed run uses the adapters it started with; leave adapters out")
+        check_dataset(check_output_dir(out))
         trace = resumable_run(OrderedStorage(check_output_dir(out)), check_run_id(resume))
         if text and text.strip() != trace["request"].strip():
             raise PlanError(f"run {resume} was asked for {trace['request']!r}, not {text!r}; leave the description "
@@ -202,7 +207,7 @@ def generate(
         raise ProfileError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILE_NAMES)}")
     validate_run_arguments(n_images=n, steps=steps, guidance=guidance, max_rounds=max_rounds,
                            max_images=settings.max_images, best_of=best_of, seed=seed)
-    check_output_dir(out)
+    check_dataset(check_output_dir(out))  # a damaged or prepared dataset is refused before any work
     check_verifier_settings(settings)
     if resume is None:
         directory = adapters_dir if adapters_dir is not None else settings.adapters_dir

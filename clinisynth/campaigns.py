@@ -135,6 +135,7 @@ def curate(
     from clinisynth.curation.worker import InProcessWorker, RunSettings
     from clinisynth.generation.profiles import (PROFILE_NAMES, ProfileError, coverage_problem, generator_record,
                                                 resolve_profile)
+    from clinisynth.generation.health import check_dataset
     from clinisynth.generation.storage import OrderedStorage, check_output_dir
     from clinisynth.verifier_setup import build_run_verifier, check_verifier_settings
 
@@ -151,8 +152,9 @@ def curate(
     if profile not in PROFILE_NAMES:
         raise ProfileError(f"{loaded.path.name}: unknown profile {profile!r}; known profiles: {', '.join(PROFILE_NAMES)}")
     out = check_output_dir(Path(out))
+    check_dataset(out)  # a damaged or prepared dataset is refused before any work
     check_verifier_settings(settings)
-    storage = OrderedStorage(out)
+    storage = OrderedStorage(out, made_by="clinisynth curate")
     _check_existing_journal(loaded, out, storage)
     quiet_model_loading()  # the tiny profile's first build writes model shards: no bars before an error line
     resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())

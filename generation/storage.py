@@ -15,7 +15,12 @@ A store is crash-safe: it first writes its intent (``OUT/.clinisynth_pending.jso
 to add), then the PNG, then the ``metadata.jsonl`` line and the ``manifest.csv`` row. The next store (of any
 process) finishes an intent a killed writer left: a PNG that made it gets its metadata line and manifest row,
 exactly once; a PNG that did not only leaves its number unused. ``store(..., unique=...)`` makes a store
-idempotent (a resumed run that files the same slot again gets the image already filed).
+idempotent (a resumed run that files the same slot again gets the image already filed); ``store(..., admit=...)``
+lets the caller refuse the image after seeing, under the lock, every record stored so far (by any process).
+
+The first store or seed reservation writes the owner marker (:mod:`clinisynth.generation.owner`): a prepared
+dataset is refused. :meth:`OrderedStorage.reserve_seeds` gives each run a base seed whose seeds no other run in
+the dataset draws (:mod:`clinisynth.generation.seeds`), recorded in ``OUT/.clinisynth_seeds.jsonl``.
 """
 
 from __future__ import annotations
@@ -32,13 +37,15 @@ import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from clinisynth.generation import owner, seeds
 from clinisynth.generation.files import OutputDirError, check_writable_dir, write_atomically
 
 LOCK_NAME = ".clinisynth.lock"
 COUNTERS_NAME = ".clinisynth_counters.json"
 PENDING_NAME = ".clinisynth_pending.json"
+SEEDS_NAME = ".clinisynth_seeds.jsonl"
 METADATA_NAME = "metadata.jsonl"
 MANIFEST_NAME = "manifest.csv"
 RUNS_DIR = "runs"
@@ -76,6 +83,23 @@ class StorageError(ValueError):
 
 
 @dataclass(frozen=True)
+class SeedReservation:
+    """The base seed a run draws from, reserved in the dataset (see :meth:`OrderedStorage.reserve_seeds`).
+
+    Args:
+        run_id: the run.
+        base: its base seed.
+        requested: the seed it was given (``None``: drawn at random).
+        note: why ``base`` differs from ``requested`` (``None`` when it does not).
+    """
+
+    run_id: str
+    base: int
+    requested: int | None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class StoredImage:
     """Where :meth:`OrderedStorage.store` put an image.
 
@@ -110,6 +134,30 @@ def check_output_dir(root: Path) -> Path:
         return check_writable_dir(root, option="--out")
     except OutputDirError as error:
         raise StorageError(str(error)) from None
+
+
+@contextlib.contextmanager
+def dataset_lock(root: Path, *, create: bool = True) -> Iterator[None]:
+    """Hold the exclusive lock of the dataset ``root`` (``root/.clinisynth.lock``), as every store does.
+
+    Args:
+        create: create the lock file when missing. ``False`` (readers such as the health check): a folder without
+            one has never had a writer of ours, and is not locked; nothing is created.
+    """
+    import fcntl
+
+    try:
+        descriptor = os.open(Path(root) / LOCK_NAME, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        if create:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def check_name(value: str, *, what: str) -> str:
@@ -231,10 +279,12 @@ class OrderedStorage:
 
     Args:
         root: the output directory; checked with :func:`check_output_dir`.
+        made_by: the command named in the owner marker the first store writes.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, made_by: str = "clinisynth generate") -> None:
         self.root = check_output_dir(root)
+        self.made_by = made_by
         # metadata.jsonl records read so far (a cache for ``unique`` look-ups; refreshed under the lock).
         self._records: list[dict] = []
         self._records_offset = 0
@@ -249,15 +299,9 @@ class OrderedStorage:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        import fcntl
-
         self.root.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with dataset_lock(self.root, create=True):
             yield
-        finally:
-            os.close(descriptor)  # closing releases the lock
 
     def _read_counters(self) -> dict[str, int]:
         path = self.root / COUNTERS_NAME
@@ -289,7 +333,8 @@ class OrderedStorage:
         key = f"{modality}/{label}"
         return max(self._read_counters().get(key, 0), self._highest_on_disk(self.root / modality / label, label)) + 1
 
-    def store(self, *, image, modality: str, label: str, metadata: dict, unique: dict | None = None) -> StoredImage:
+    def store(self, *, image, modality: str, label: str, metadata: dict, unique: dict | None = None,
+              admit: Callable[[list[dict]], str | None] | None = None) -> StoredImage | None:
         """Write ``image`` as ``<modality>/<label>/<label>_NNNNNN.png`` and record it.
 
         Args:
@@ -301,6 +346,9 @@ class OrderedStorage:
             unique: metadata values (e.g. ``{"run_id": ..., "slot": 3}``, which ``metadata`` must hold too) that
                 name this image: when a stored record already has them, that image is returned and nothing is
                 written.
+            admit: called under the lock, before a number is handed out, with every complete record stored so far
+                (by any process); a returned reason refuses the image: nothing is written and ``None`` returned.
+                It sees what other processes accepted since the caller last looked (duplicates across processes).
 
         Raises:
             StorageError: bad names or metadata, or an image that cannot be encoded; nothing is written then.
@@ -336,6 +384,9 @@ class OrderedStorage:
                 if existing is not None:
                     return StoredImage(path=self.root / existing["file_name"], file_name=existing["file_name"],
                                        index=int(Path(existing["file_name"]).stem.rsplit("_", 1)[1]))
+            if admit is not None and admit(self.records()) is not None:
+                return None
+            owner.claim(self.root, kind="generate", made_by=self.made_by)
             class_dir = self.root / modality / label
             class_dir.mkdir(parents=True, exist_ok=True)
             counters = self._read_counters()
@@ -366,6 +417,66 @@ class OrderedStorage:
             with self._locked():
                 self._finish_pending()
 
+    def reserve_seeds(self, *, run_id: str, seed: int | None, n_images: int, max_rounds: int, best_of: int,
+                      keep: bool = False) -> SeedReservation:
+        """Reserve the seeds of run ``run_id`` under the dataset lock, so that no two runs draw one seed.
+
+        The rule (:mod:`clinisynth.generation.seeds`): ``seed=None`` draws a fresh random base; a given seed is
+        kept when no run in the dataset drew any of the seeds it leads to, else the run moves to the first base
+        above it that is free (it continues with unused slots; the reservation's ``note`` says so). Seeds of
+        images stored before reservations existed count as taken. A run already reserved gets its reservation
+        back (a resumed run keeps its seeds).
+
+        Args:
+            keep: take ``seed`` as it is, free or not (a run resumed from a checkpoint made before reservations).
+
+        Returns:
+            the :class:`SeedReservation`, also appended to ``OUT/.clinisynth_seeds.jsonl``.
+        """
+        check_run_id(run_id)
+        with self._locked():
+            owner.claim(self.root, kind="generate", made_by=self.made_by)
+            reservations = self._read_reservations()
+            for entry in reservations:
+                if entry["run_id"] == run_id:
+                    return SeedReservation(run_id=run_id, base=entry["base"], requested=entry.get("requested"),
+                                           note=entry.get("note"))
+            reserved_runs = {entry["run_id"] for entry in reservations}
+            taken = [seeds.Footprint(entry["base"], entry["n"], entry["rounds"], entry["best_of"])
+                     for entry in reservations]
+            taken += [seeds.Footprint(record["seed"], 1) for record in self.records()
+                      if record.get("run_id") not in reserved_runs and isinstance(record.get("seed"), int)]
+            wanted = seeds.Footprint(0 if seed is None else seed, n_images, max_rounds, best_of)
+            note = None
+            if seed is None:
+                base = seeds.fresh_base(wanted, taken)
+            elif keep:
+                base = seed
+            else:
+                base = seeds.first_free_base(wanted, taken)
+                if base != seed:
+                    note = (f"seeds from {seed} were already drawn by earlier runs in {self.root}; "
+                            f"this run continues with the unused ones from base seed {base}")
+            entry = {"run_id": run_id, "base": base, "requested": seed, "n": n_images, "rounds": max_rounds,
+                     "best_of": best_of, "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+            if note:
+                entry["note"] = note
+            _append_durably(self.root / SEEDS_NAME, (_dumps(entry, what="seed reservation") + "\n").encode())
+        return SeedReservation(run_id=run_id, base=base, requested=seed, note=note)
+
+    def _read_reservations(self) -> list[dict]:
+        path = self.root / SEEDS_NAME
+        try:
+            entries = _complete_json_lines(path)
+            for entry in entries:
+                for key in ("base", "n", "rounds", "best_of"):
+                    if not isinstance(entry[key], int):
+                        raise TypeError(f"{key} is not an integer")
+        except (ValueError, KeyError, TypeError) as error:
+            raise StorageError(f"seed reservations {path} are damaged ({error}); run `clinisynth doctor "
+                               f"{self.root}` to see and repair them") from error
+        return entries
+
     def _finish_pending(self) -> None:
         """Complete the store a killed writer left half done (call under the lock)."""
         pending = self.root / PENDING_NAME
@@ -383,8 +494,9 @@ class OrderedStorage:
                 self._append_manifest_row({"img_savename": file_name, **record})
         pending.unlink()
 
-    def _find(self, unique: dict) -> dict | None:
-        """The stored record whose values match ``unique`` (call under the lock)."""
+    def records(self) -> list[dict]:
+        """Every complete record of ``metadata.jsonl``, read incrementally (only what was appended since the last
+        call is read); under the lock it is everything stored so far, by any process. Do not modify the list."""
         path = self.metadata_path
         size = path.stat().st_size if path.exists() else 0
         if size < self._records_offset:  # the file was cut (a partial last line dropped): read it again
@@ -396,7 +508,11 @@ class OrderedStorage:
             complete = data[: data.rfind(b"\n") + 1]
             self._records += [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
             self._records_offset += len(complete)
-        for record in reversed(self._records):
+        return self._records
+
+    def _find(self, unique: dict) -> dict | None:
+        """The stored record whose values match ``unique`` (call under the lock)."""
+        for record in reversed(self.records()):
             if all(record.get(key) == value for key, value in unique.items()):
                 return record
         return None

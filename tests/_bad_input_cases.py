@@ -363,6 +363,14 @@ GENERATE_CASES: dict[str, list[dict]] = {
         {"args": ["--adapters-dir", "{tmp}/a-file"], "message": "adapters_dir"},
         {"env": {"CLINISYNTH_ADAPTERS_DIR": "{tmp}/nowhere"}, "message": "adapters_dir"},
     ],
+    # "dataset:HOW": OUT is a small generated dataset damaged as tests/_dataset_helpers.damage does it.
+    "output dir made by `clinisynth prepare`": [{"setup": "dataset:prepared", "message": "made by `clinisynth prepare`"}],
+    "zero-byte or truncated PNG": [{"setup": "dataset:zero_png", "message": "clinisynth doctor"},
+                                   {"setup": "dataset:truncated_png", "message": "truncated PNG"}],
+    "garbage or half line in `metadata.jsonl`": [{"setup": "dataset:garbage_line", "message": "line 2: not JSON"},
+                                                 {"setup": "dataset:half_line", "message": "half a line"}],
+    "foreign `manifest.csv` header": [{"setup": "dataset:foreign_header", "message": "foreign header"}],
+    "damaged counters file": [{"setup": "dataset:damaged_counters", "message": "damaged counters file"}],
 }
 
 

@@ -67,6 +67,11 @@ def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp
 
     (tmp_path / "a-file").write_text("keep me", encoding="utf-8")
     (tmp_path / "empty-generator").mkdir()
+    if case.get("setup", "").startswith("dataset:"):
+        from _dataset_helpers import damage, make_dataset
+
+        make_dataset(tmp_path / "out")
+        damage(tmp_path / "out", case["setup"].split(":", 1)[1])
     if case.get("setup") == "unwritable":
         (tmp_path / "locked").mkdir()
         if not lock(tmp_path):

@@ -160,12 +160,14 @@ def test_generate_files_images_with_metadata_manifest_and_trace_and_continues(ru
     human = runner.invoke(app, ["trace", "show", trace["run_id"], "--dir", str(out)])
     assert human.exit_code == 0 and "localize" in human.stdout
 
-    # The verifier says what it checked with; the second run's seed 7 redraws image 1, a duplicate of the dataset.
+    # The verifier says what it checked with; the second run's --seed 7 was drawn from already, so it continues
+    # with the first unused seed (9) instead of redrawing image 1 (README: Seeds, owners and the health check).
     assert "tiny profile" in trace["verifier"]["unavailable"]["classifier"]
     assert all(a["thumbnail"].startswith("data:image/png;base64,") for a in trace["attempts"])
     second_trace = json.loads(runs[1].read_text(encoding="utf-8"))
-    duplicate = [a for a in second_trace["attempts"] if a["failure"] == "duplicate"]
-    assert len(duplicate) == 1 and duplicate[0]["seed"] == 7 and duplicate[0]["action"] == "new seed"
+    assert second_trace["parameters"]["seed"] == 9 and second_trace["parameters"]["seed_requested"] == 7
+    assert "note: seeds from 7 were already drawn" in second.stderr
+    assert metadata[2]["seed"] == 9 and not [a for a in second_trace["attempts"] if a["failure"] == "duplicate"]
 
 
 def test_trace_show_of_unknown_run_is_a_clear_error(runner, tmp_path):

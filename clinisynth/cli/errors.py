@@ -17,6 +17,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.curation.spec import CampaignError
     from clinisynth.generation.adapters import AdapterError
     from clinisynth.generation.files import OutputDirError
+    from clinisynth.generation.owner import OwnerError
     from clinisynth.generation.profiles import ModelNotFoundError, ProfileError
     from clinisynth.generation.storage import StorageError
     from clinisynth.knowledge import KnowledgeError
@@ -25,7 +26,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clinisynth.verifier_setup import VerifierSetupError
 
     return (PlanError, KnowledgeError, EmbedderError, ProfileError, ModelNotFoundError, StorageError,
-            VerifierSetupError, CampaignError, AdapterError, SettingsError, OutputDirError)
+            VerifierSetupError, CampaignError, AdapterError, SettingsError, OutputDirError, OwnerError)
 
 
 def fail(message: str) -> None:

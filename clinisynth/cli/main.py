@@ -13,6 +13,7 @@ from clinisynth.cli import knowledge as knowledge_commands
 from clinisynth.cli import trace as trace_commands
 from clinisynth.cli import train as train_commands
 from clinisynth.cli.curate import curate
+from clinisynth.cli.doctor import doctor
 from clinisynth.cli.errors import fail, user_errors
 from clinisynth.cli.evaluate import evaluate
 from clinisynth.cli.options import path_parser
@@ -33,6 +34,7 @@ app.command("evaluate", help="Realism, diversity, faithfulness and downstream ut
 train_commands.app.command("classifier", help="Train the verifier's classifier on a prepared dataset.")(train_classifier)
 app.add_typer(train_commands.app, name="train")
 app.command("curate")(curate)
+app.command("doctor")(doctor)
 
 
 @app.command()
@@ -123,7 +125,9 @@ def generate(
     n: Annotated[Optional[int], typer.Option("-n", "--n", help="number of accepted images wanted [default: 4]")] = None,
     out: Annotated[Path, typer.Option(help="output dataset directory (ordered storage)",
                                       parser=path_parser("--out"))] = Path("clinisynth-out"),
-    seed: Annotated[Optional[int], typer.Option(help="base seed; image i uses seed + i [default: 0]")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="base seed; image i uses seed + i. Not given: a fresh one is drawn. Seeds earlier runs in --out drew "
+             "are never drawn again (the run continues with unused ones)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="sampler steps (profile default when unset)")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
     max_rounds: Annotated[Optional[int], typer.Option(help="generate/verify/refine rounds before giving up")] = None,
@@ -157,14 +161,18 @@ def generate(
         from clinisynth.cli.display import GenerationProgress
 
         with GenerationProgress(console=console, total=n or 4) as progress:
-            result = run(text or "", out=out, n=4 if n is None else n, seed=0 if seed is None else seed, steps=steps,
+            result = run(text or "", out=out, n=4 if n is None else n, seed=seed, steps=steps,
                          guidance=guidance, max_rounds=max_rounds, best_of=best_of, profile=profile,
                          on_progress=progress.update, resume=resume, adapters=adapter or None,
                          adapters_dir=adapters_dir)
     requested = result.trace.get("parameters", {}).get("n_images", n)
     resumed = " (resumed)" if resume else ""
+    parameters = result.trace.get("parameters", {})
+    if parameters.get("seed_note") and not resume:
+        console.print(f"note: {parameters['seed_note']}")
+    drawn = " (drawn)" if parameters.get("seed_requested", 0) is None else ""
     console.print(f"run {result.run_id}{resumed}: {result.status}, stored {len(result.stored)} of {requested} image(s) "
-                  f"in {out}")
+                  f"in {out}; base seed {parameters.get('seed')}{drawn}")
     for name in result.stored:
         typer.echo(str(Path(out) / name))
     console.print(f"trace: {result.trace_path}")

@@ -15,6 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
+from clinisynth.generation import owner
 from clinisynth.generation.files import TMP_SUFFIX, write_atomically
 from clinisynth.training.prepare.discover import PrepareInputError
 
@@ -31,7 +32,8 @@ MARKER_VERSION = 1
 SENSITIVE_DIR_MODE = 0o700
 SENSITIVE_FILE_MODE = 0o600
 # Files and folders a prepare run writes at the top of OUT; anything else there means OUT is not ours.
-OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, LEGACY_CONTACT_DIR, "manifest.csv", "quarantine.csv", "duplicates.csv", "report.md", "report.json"})
+OWN_TOP_LEVEL = frozenset({SENSITIVE_DIR, CONTACT_DIR, LEGACY_CONTACT_DIR, owner.MARKER_NAME, "manifest.csv", "quarantine.csv",
+                           "duplicates.csv", "report.md", "report.json"})
 
 
 def remove_stale_temp_files(out: Path) -> int:
@@ -70,6 +72,10 @@ class RunState:
         """
         if self.out.exists() and not self.out.is_dir():
             raise PrepareInputError(f"OUT {self.out} is a file; give a folder")
+        try:
+            owner.check_owner(self.out, kind="prepare")  # a generated dataset is never prepared into
+        except owner.OwnerError as error:
+            raise PrepareInputError(str(error)) from None
         marker_path = self.sensitive / MARKER
         if marker_path.is_file():
             marker = json.loads(marker_path.read_text(encoding="utf-8"))
@@ -102,6 +108,7 @@ class RunState:
             }
             write_atomically(marker_path, json.dumps(marker, indent=2), mode=SENSITIVE_FILE_MODE)
         self._restrict()
+        owner.claim(self.out, kind="prepare", made_by="clinisynth prepare")
         self._load_journal()
 
     def _restrict(self) -> None:
