@@ -138,17 +138,17 @@ class WorkerPool:
         ray: the ``ray`` module, initialised.
         count: workers to keep.
         options: :class:`CampaignWorker`'s keyword arguments.
-        worker_class: the class made an actor (a test passes a subclass).
+        worker_class: the class made an actor; :class:`CampaignWorker` (looked up when the pool starts) when ``None``.
         max_replacements: deaths survived; default ``2 * count + 2``.
     """
 
-    def __init__(self, *, ray, count: int, options: dict, worker_class=CampaignWorker,
+    def __init__(self, *, ray, count: int, options: dict, worker_class=None,
                  max_replacements: int | None = None) -> None:
         self.ray = ray
         self.count = count
         self._options = options
         gpus = ray.cluster_resources().get("GPU", 0)
-        self._actor_class = ray.remote(num_cpus=1, num_gpus=1 if gpus >= 1 else 0)(worker_class)
+        self._actor_class = ray.remote(num_cpus=1, num_gpus=1 if gpus >= 1 else 0)(worker_class or CampaignWorker)
         self.max_replacements = 2 * count + 2 if max_replacements is None else max_replacements
         self.replaced = 0
         self.actors = [self._start() for _ in range(count)]
@@ -185,7 +185,8 @@ def run_campaign_on_workers(journal: Journal, pool: WorkerPool, *, storage, chun
     Args:
         adapters_of: ``item key -> adapters`` the item draws with (``None``: the run path's choice by plan).
         on_progress: ``(event, info)``: ``campaign``, ``item``, ``slot``, ``chunk`` as in one process, plus
-            ``sent`` (``run_id``, ``worker``: the actor) and ``requeued`` (``run_id``, ``error``).
+            ``sending`` then ``sent`` (``run_id``, ``item``, ``first_slot``, ``worker``: the actor) and ``requeued``
+            (``run_id``, ``error``).
 
     Returns:
         As :func:`clinisynth.curation.scheduler.run_campaign`, plus ``requeued`` (chunks sent again after their
@@ -232,8 +233,10 @@ def run_campaign_on_workers(journal: Journal, pool: WorkerPool, *, storage, chun
             mark = known.mark(chunk.item.modality)
             work = ChunkWork.of(chunk, known=known.since(chunk.item.modality, without_run=chunk.run_id),
                                 adapters=adapters_of(chunk.item.key))
+            sending = {"run_id": chunk.run_id, "item": chunk.item.key, "first_slot": chunk.first_slot, "worker": actor}
+            notify("sending", sending)
             in_flight[actor.run.remote(work)] = (index, actor, mark)
-            notify("sent", {"run_id": chunk.run_id, "worker": actor, "item": chunk.item.key})
+            notify("sent", sending)
         while next_to_file in results:
             index = next_to_file
             chunk = settled[index]

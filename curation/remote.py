@@ -165,6 +165,7 @@ def load_known_images(storage, modalities: list[str], *, embed) -> KnownImages:
     """Embed the images already in the dataset (an earlier session, another campaign) once, for the duplicate
     check, as a run in one process does; ``embed(list of PNG bytes) -> array`` runs on a worker."""
     known = KnownImages()
+    storage.recover()  # a store a killed driver left half done is finished first: its run is then known
     runs = {record["file_name"]: record.get("run_id") for record in storage.read_metadata()}
     for modality in modalities:
         folder = Path(storage.root) / modality
