@@ -67,7 +67,8 @@ class Item(_Strict):
     description: str = Field(min_length=1)
     count: int | None = Field(default=None, ge=1, le=MAX_ITEM_COUNT)
     id: str | None = Field(default=None, min_length=1, max_length=128)
-    adapters: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    #: The item's own adapters; ``[]``: none named (the run path's choice by plan), whatever the campaign names.
+    adapters: list[Annotated[str, Field(min_length=1)]] | None = None
 
     @field_validator("description")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -221,6 +222,21 @@ CAMPAIGN_CASES: dict[str, list[dict]] = {
     "campaign file changed since its journal was made": [
         {"campaign": CAMPAIGN, "setup": "changed-campaign", "message": "items[0].count: 3 -> 1"},
     ],
+    "unknown campaign adapter": [
+        {"campaign": CAMPAIGN + "adapters: [no_such_adapter]\n", "message": "no adapter named 'no_such_adapter'"},
+        {"campaign": CAMPAIGN + "    adapters: [no_such_adapter]\n",
+         "message": "campaign.yaml:4: no adapter named 'no_such_adapter'"},
+    ],
+    "`--workers` outside 1..1024": [{"campaign": CAMPAIGN, "args": ["--workers", "0"],
+                                     "message": "--workers must be between 1 and 1024, got 0"},
+                                    {"campaign": CAMPAIGN, "args": ["--workers", "5000"], "message": "got 5000"}],
+    "an empty `--ray-address`": [{"campaign": CAMPAIGN, "args": ["--ray-address", " "],
+                                  "message": "--ray-address is empty"}],
+    "`--workers` above 1 or `--ray-address` without Ray installed": [
+        {"campaign": CAMPAIGN, "args": ["--workers", "2"], "setup": "no-ray",
+         "message": 'need Ray, which is not installed; install it with pip install "clinisynth[ray]"'},
+        {"campaign": CAMPAIGN, "args": ["--ray-address", "auto"], "setup": "no-ray", "message": "need Ray"},
+    ],
 }
 
 
@@ -253,17 +269,20 @@ def _journal_setup(setup: str, out: Path, campaign: Path) -> None:
 
 
 @pytest.mark.parametrize("phrase, number", [(p, i) for p, cases in CAMPAIGN_CASES.items() for i in range(len(cases))])
-def test_a_bad_campaign_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, phrase, number):
+def test_a_bad_campaign_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, monkeypatch, phrase,
+                                                                   number):
     case = CAMPAIGN_CASES[phrase][number]
     campaign, out = tmp_path / "campaign.yaml", tmp_path / "out"
     campaign.write_text(case["campaign"], encoding="utf-8")
     if "rows" in case:
         (tmp_path / "rows.csv").write_text(case["rows"], encoding="utf-8")
-    if "setup" in case:
+    if case.get("setup") == "no-ray":
+        monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    elif "setup" in case:
         _journal_setup(case["setup"], out, campaign)
     before = {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()}
     result = CliRunner(env={"CLINISYNTH_CACHE_DIR": str(cache_dir), "CLINISYNTH_CONFIG": None}).invoke(
-        app, ["curate", str(campaign), "--out", str(out)])
+        app, ["curate", str(campaign), "--out", str(out), *case.get("args", [])])
 
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
     assert isinstance(result.exception, SystemExit), f"not a handled error: {result.exception!r}"

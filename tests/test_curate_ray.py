@@ -1,7 +1,7 @@
 """Curation campaigns on Ray workers (issue 13), tiny profile, a local Ray of 2 CPUs: 2 workers give exactly the
 files, seeds and metadata of one worker in this process; a worker killed (ray.kill) or dying after its chunk loses
-and duplicates nothing; kill -9 of the driver then rerun completes; the duplicate check across concurrent chunks;
-the bad input of --workers."""
+and duplicates nothing; kill -9 of the driver then rerun completes; and the duplicate check across concurrent chunks
+(the bad input of --workers is in test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from clinisynth.cli.main import app
 from clinisynth.curation.journal import Journal, journal_path
 from test_curate import DRILLED, _campaign_state, _drill, _env, _records, _write
 
@@ -209,30 +206,3 @@ def test_a_duplicate_of_an_image_filed_while_the_chunk_ran_sends_the_chunk_again
     assert known.since("chest_xray", without_run="a").shape == (2, 3)
     known.add(modality="chest_xray", run_id="a", file_name="chest_xray/normal/normal_000001.png", embedding=first)
     assert known.mark("chest_xray") == 3  # a file already known is not counted twice
-
-
-# --- bad input ------------------------------------------------------------------------------------------------
-
-@pytest.fixture()
-def runner(cache_dir):
-    return CliRunner(env={"CLINISYNTH_CACHE_DIR": str(cache_dir), "CLINISYNTH_CONFIG": None})
-
-
-@pytest.mark.parametrize("options, message", [
-    (["--workers", "0"], "error: --workers must be between 1 and 1024, got 0"),
-    (["--ray-address", " "], "error: --ray-address is empty"),
-])
-def test_bad_worker_options_are_one_error_line_and_nothing_is_written(runner, tmp_path, options, message):
-    campaign, out = _write(tmp_path, CAMPAIGN), tmp_path / "out"
-    done = runner.invoke(app, ["curate", str(campaign), "--out", str(out), *options])
-    assert done.exit_code == 2 and done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1
-    assert not out.exists()
-
-
-def test_workers_without_ray_installed_say_how_to_install_it(runner, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    campaign, out = _write(tmp_path, CAMPAIGN), tmp_path / "out"
-    done = runner.invoke(app, ["curate", str(campaign), "--out", str(out), "--workers", "2"])
-    assert done.exit_code == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert done.stderr.startswith("error: --workers above 1 and --ray-address need Ray, which is not installed")
-    assert 'pip install "clinisynth[ray]"' in done.stderr and not out.exists()
