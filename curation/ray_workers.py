@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import socket
 from collections import Counter
 from contextlib import contextmanager
@@ -130,6 +131,13 @@ class CampaignWorker:
                 "rss_bytes": _rss_bytes(), "chunks": self.chunks}
 
 
+def _cause(error: BaseException) -> str:
+    """The line of a Ray error that names the exception inside the worker (``KindError: message``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    return (causes[-1] if causes else lines[0] if lines else type(error).__name__)[:500]
+
+
 class WorkerPool:
     """``count`` Ray actors of :class:`CampaignWorker`; one that dies is replaced (at most ``max_replacements``
     times in a campaign, then the campaign stops with the last error).
@@ -152,6 +160,10 @@ class WorkerPool:
         self.max_replacements = 2 * count + 2 if max_replacements is None else max_replacements
         self.replaced = 0
         self.actors = [self._start() for _ in range(count)]
+        try:  # loaded before any chunk is sent: a worker that cannot load its models is bad setup, not a death
+            ray.get([actor.describe.remote() for actor in self.actors])
+        except ray.exceptions.RayActorError as error:
+            raise CampaignError(f"campaign workers could not start: {_cause(error)}") from None
 
     def _start(self):
         return self._actor_class.remote(**self._options)
@@ -160,7 +172,7 @@ class WorkerPool:
         """A new actor in place of ``actor``, which died with ``error``."""
         self.replaced += 1
         if self.replaced > self.max_replacements:
-            raise CampaignError(f"campaign workers died {self.replaced} times (last: {str(error).splitlines()[0]}); "
+            raise CampaignError(f"campaign workers died {self.replaced} times (last: {_cause(error)}); "
                                 "the journal keeps what was filed; fix the cause and run the campaign again")
         index = self.actors.index(actor)
         self.actors[index] = self._start()
@@ -272,7 +284,7 @@ def run_campaign_on_workers(journal: Journal, pool: WorkerPool, *, storage, chun
                 # The worker died with the chunk: nothing of it was filed; send it again, under the same run.
                 ran["requeued"] += 1
                 bisect.insort(queue, index)
-                notify("requeued", {"run_id": settled[index].run_id, "error": str(error).splitlines()[0]})
+                notify("requeued", {"run_id": settled[index].run_id, "error": _cause(error)})
                 idle.append(pool.replace(actor, error))
                 continue
             except ray.exceptions.RayTaskError as error:

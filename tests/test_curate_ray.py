@@ -206,3 +206,25 @@ def test_a_duplicate_of_an_image_filed_while_the_chunk_ran_sends_the_chunk_again
     assert known.since("chest_xray", without_run="a").shape == (2, 3)
     known.add(modality="chest_xray", run_id="a", file_name="chest_xray/normal/normal_000001.png", embedding=first)
     assert known.mark("chest_xray") == 3  # a file already known is not counted twice
+
+
+def _cannot_load():
+    from clinisynth.curation.ray_workers import CampaignWorker
+
+    class CannotLoad(CampaignWorker):
+        def __init__(self, **options):
+            raise FileNotFoundError("no model at /nowhere/unet")
+
+    return CannotLoad
+
+
+def test_workers_that_cannot_load_their_models_stop_the_campaign_with_the_cause(no_ray_left):
+    from clinisynth.curation.ray_workers import WorkerPool, ray_session
+    from clinisynth.curation.spec import CampaignError
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
+    with ray_session(workers=1, address=None) as session:
+        with pytest.raises(CampaignError) as refused:
+            WorkerPool(ray=session, count=1, options={}, worker_class=_cannot_load())
+    assert str(refused.value) == "campaign workers could not start: FileNotFoundError: no model at /nowhere/unet"
+    assert not ray.is_initialized()
