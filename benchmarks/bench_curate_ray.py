@@ -10,10 +10,12 @@ thread; the in-process run uses the machine's threads. Figures per way:
   (the rate once every worker is loaded: what a long campaign sees);
 - RSS of each worker at the end, and of the driver.
 
-Then a journal of ``--journal-slots`` slots, every chunk of 16 recorded with its run and file names, gives the
-journal's bytes per slot.
+Then the driver's serial work: a journal of ``--journal-slots`` slots, every chunk of 16 recorded with its run and
+file names (bytes per slot, time per chunk record), and ``--filing-images`` stores into ordered storage (time per
+image at the start and the end, 64 and 512 px).
 
     python benchmarks/bench_curate_ray.py [--profiles tiny demo] [--items 2] [--count 8] [--chunk-size 4]
+    python benchmarks/bench_curate_ray.py --only-driver [--journal-slots 100000] [--filing-images 2000]
 """
 
 from __future__ import annotations
@@ -101,6 +103,30 @@ def journal_bytes_per_slot(slots: int, *, chunk: int = 16) -> dict:
             "bytes_per_slot_at_start": round(created / slots, 1), "record_s_per_chunk": round(seconds / (slots / chunk), 5)}
 
 
+def filing_seconds_per_image(n: int, *, side: int) -> dict:
+    """What the driver spends per image it files (``OrderedStorage.store``, idempotent per run and slot, into a
+    dataset of ``n`` images): the serial part of a campaign on any number of workers."""
+    import numpy as np
+    from PIL import Image
+
+    from clinisynth.generation.storage import OrderedStorage
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (side, side), dtype=np.uint8))
+    with tempfile.TemporaryDirectory(prefix="bench-filing-") as folder:
+        storage = OrderedStorage(Path(folder))
+        times = []
+        for number in range(n):
+            began = time.perf_counter()
+            storage.store(image=image, modality="chest_xray", label="pneumonia",
+                          metadata={"prompt": "x", "seed": number, "run_id": "r", "slot": number},
+                          unique={"run_id": "r", "slot": number})
+            times.append(time.perf_counter() - began)
+    first, last = times[: n // 10], times[-(n // 10):]
+    return {"images": n, "side": side, "ms_first_10pct": round(1000 * sum(first) / len(first), 2),
+            "ms_last_10pct": round(1000 * sum(last) / len(last), 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=["tiny", "demo"])
@@ -109,9 +135,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: each profile's own")
     parser.add_argument("--chunk-size", type=int, default=4)
     parser.add_argument("--journal-slots", type=int, default=100_000)
+    parser.add_argument("--filing-images", type=int, default=2000)
+    parser.add_argument("--only-driver", action="store_true", help="only the journal and filing figures")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: the settings' cache dir")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.only_driver:
+        args.profiles = []
 
     for profile in args.profiles:
         rows = [run_campaign(profile, items=args.items, count=args.count, steps=args.steps,
@@ -125,7 +155,10 @@ def main() -> None:
             if one["images_per_s_steady"] and two["images_per_s_steady"] else None,
             "two_vs_one_wall": round(two["images_per_s_wall"] / one["images_per_s_wall"], 2),
         }))
-    print(json.dumps({"journal": journal_bytes_per_slot(args.journal_slots)}))
+    print(json.dumps({"machine": machine(), "load": os.getloadavg()[0],
+                      "journal": journal_bytes_per_slot(args.journal_slots),
+                      "filing_64px": filing_seconds_per_image(args.filing_images, side=64),
+                      "filing_512px": filing_seconds_per_image(args.filing_images // 4, side=512)}))
 
 
 if __name__ == "__main__":
