@@ -130,7 +130,7 @@ def curate(
             row) are written to ``DIR/campaign/rejected.csv`` and the others run; without it they refuse the
             campaign, listing each with its line.
         on_progress: ``(event, info)`` callback: ``planned``, ``campaign``, ``item``, ``slot``, ``chunk`` (on Ray
-            also ``sent`` and ``requeued``).
+            also ``sending``, ``sent`` and ``requeued``, see ``curation.ray_workers.run_campaign_on_workers``).
         workers: Ray workers (actors, each with its own generator and verifier; one GPU each when the cluster has
             GPUs). ``None`` or 1: the campaign runs in this process; more starts a local Ray with that many CPUs.
             With ``ray_address``, ``None`` means one worker per GPU of the cluster (1 without GPUs).
