@@ -11,6 +11,7 @@ holding its own models, with this process alone writing the dataset (``curation/
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import time
 from contextlib import contextmanager
@@ -263,9 +264,23 @@ def _run_on_ray(journal, *, storage, settings: Settings, run_settings, chunk_siz
                 ray_address: str | None, adapters_of, on_progress) -> dict:
     from clinisynth.curation.ray_workers import WorkerPool, ray_session, run_campaign_on_workers
 
+    load = functools.partial(load_worker_models, settings=settings.model_dump(), profile=run_settings.profile)
     with ray_session(workers=workers or 1, address=ray_address) as ray:
         count = workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
-        pool = WorkerPool(ray=ray, count=count, options={"settings": settings.model_dump(),
-                                                                  "run_settings": run_settings})
+        pool = WorkerPool(ray=ray, count=count, options={"load": load, "run_settings": run_settings,
+                                                         "adapters_dir": settings.adapters_dir})
         return run_campaign_on_workers(journal, pool, storage=storage, chunk_size=chunk_size, adapters_of=adapters_of,
                                        on_progress=on_progress)
+
+
+def load_worker_models(*, settings: dict, profile: str) -> tuple:
+    """A campaign worker's ``(planner, generator, verifier)``, loaded in the worker's process from the driver's
+    settings (``Settings.model_dump()``: rebuilt from these values, never from the worker's environment)."""
+    from clinisynth.api import get_planner, load_generator, quiet_model_loading
+    from clinisynth.verifier_setup import build_run_verifier
+
+    quiet_model_loading()
+    values = Settings(**settings)
+    generator, resolved = load_generator(profile=profile, settings=values)
+    return get_planner(values), generator, build_run_verifier(settings=values, profile=resolved,
+                                                              device=generator.device)

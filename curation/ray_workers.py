@@ -77,26 +77,19 @@ def _rss_bytes() -> int:
 class CampaignWorker:
     """One worker: a planner, generator and verifier loaded once, running chunks (``remote.run_detached``).
 
-    Made a Ray actor by :class:`WorkerPool`; plain Python otherwise (the tests' in-process double).
+    Made a Ray actor by :class:`WorkerPool`; plain Python otherwise.
 
     Args:
-        settings: the campaign's :class:`clinisynth.settings.Settings` (thresholds merged in), as
-            ``model_dump()``: rebuilt here from its values alone, never from this process's environment.
+        load: ``() -> (planner, generator, verifier)``, called once in the worker's process (a picklable function:
+            ``clinisynth.campaigns.load_worker_models`` with the campaign's settings).
         run_settings: the campaign's :class:`~clinisynth.curation.worker.RunSettings`.
+        adapters_dir: the adapters folder (the setting ``adapters_dir``; the shipped one when ``None``).
     """
 
-    def __init__(self, *, settings, run_settings) -> None:
-        from clinisynth.api import get_planner, load_generator, quiet_model_loading
-        from clinisynth.settings import Settings
-        from clinisynth.verifier_setup import build_run_verifier
-
-        quiet_model_loading()
-        settings = Settings(**settings)
-        self.settings = settings
+    def __init__(self, *, load: Callable[[], tuple], run_settings, adapters_dir=None) -> None:
+        self.planner, self.generator, self.verifier = load()
         self.run_settings = run_settings
-        self.planner = get_planner(settings)
-        self.generator, self.resolved = load_generator(profile=run_settings.profile, settings=settings)
-        self.verifier = build_run_verifier(settings=settings, profile=self.resolved, device=self.generator.device)
+        self.adapters_dir = adapters_dir
         self.chunks = 0
 
     def run(self, work):
@@ -105,7 +98,7 @@ class CampaignWorker:
         from clinisynth.curation.adapters import use_campaign_adapters
         from clinisynth.curation.remote import run_detached
 
-        record = use_campaign_adapters(self.generator, specs=work.adapters, adapters_dir=self.settings.adapters_dir,
+        record = use_campaign_adapters(self.generator, specs=work.adapters, adapters_dir=self.adapters_dir,
                                        knowledge=self.planner.knowledge, modality=work.modality, label=work.label)
         result = run_detached(work, planner=self.planner, generator=self.generator, verifier=self.verifier,
                               settings=self.run_settings, adapters=record)
