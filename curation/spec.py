@@ -16,6 +16,9 @@ campaign a default ``count``, or a ``balance`` target gives the counts once ever
 N`` (N images of every label the items plan to) or ``match: DIR`` (the class distribution of a prepared real
 dataset's ``manifest.csv``, ``total`` images in all, the dataset's size when unset).
 
+``adapters`` (campaign-wide, or an item's own) name LoRA adapters as ``generate --adapter`` does
+(``curation/adapters.py``).
+
 :func:`load_campaign` refuses unknown keys, wrong types and out-of-range numbers, every problem with its line.
 """
 

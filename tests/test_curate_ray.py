@@ -162,9 +162,12 @@ def test_a_worker_that_dies_has_its_chunk_sent_again_and_nothing_is_lost_or_file
     assert _without_run_ids(out) == _without_run_ids(in_process) and _images(out) == _images(in_process)
 
 
-def test_kill_9_of_the_ray_driver_then_rerun_completes_with_nothing_lost_or_repeated(cache_dir, tmp_path, in_process):
+@pytest.mark.parametrize("where, after", [("store", 3), ("journal", 2)])
+def test_kill_9_of_the_ray_driver_then_rerun_completes_with_nothing_lost_or_repeated(cache_dir, tmp_path, in_process,
+                                                                                   where, after):
     campaign, out = _write(tmp_path, CAMPAIGN), tmp_path / "out"
-    killed = _drill(campaign, out, "store", 3, cache_dir, "--workers", "2")  # the driver, filing its 3rd image
+    # store: the driver killed writing its 3rd image; journal: once the 2nd chunk is filed, before it is recorded.
+    killed = _drill(campaign, out, where, after, cache_dir, "--workers", "2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     before = _records(out)
     assert 0 < len(before) < 5
@@ -177,6 +180,8 @@ def test_kill_9_of_the_ray_driver_then_rerun_completes_with_nothing_lost_or_repe
     after = {r["file_name"]: r for r in _records(out)}
     assert all(after[r["file_name"]] == r for r in before)  # what was filed before the kill is kept as is
     assert not list(out.rglob(".*.tmp-*"))
+    session = json.loads((out / "campaign" / "report.json").read_text())["session"]
+    assert session["recorded_from_traces"] == (1 if where == "journal" else 0)
 
 
 # --- the duplicate check across chunks that ran at the same time ---------------------------------------------
