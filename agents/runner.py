@@ -234,6 +234,7 @@ def run_generation(
     resume: bool = False,
     planned: PlannedRun | None = None,
     adapters: dict[str, Any] | None = None,
+    known_embeddings: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run the graph once and file what passes, each accepted image as soon as it is verified.
 
@@ -258,6 +259,9 @@ def run_generation(
         planned: this run's :func:`plan_run` (its numbers and request must be these); planned here when ``None``.
         adapters: the LoRA adapters the generator runs with and why (see :func:`clinisynth.api.generate`), kept in
             the trace under ``adapters`` and, for a resume, in ``parameters``.
+        known_embeddings: per storage modality, the embeddings the duplicate check compares against instead of
+            the images under ``storage`` (a campaign worker runs into a scratch storage; the driver, which files
+            the images, sends it those of the dataset, see ``clinisynth.curation.remote``).
 
     Raises:
         PlanError: the description cannot be planned, names no modality or nothing to draw.
@@ -313,6 +317,7 @@ def run_generation(
         run_dir=run_dir,
         verifier=verifier or Verifier(),
         on_progress=on_progress or (lambda event, info: None),
+        stored_embeddings=dict(known_embeddings or {}),
     )
     initial = planned.state if planned is not None else GraphState(
         request=request.strip(), run_id=run_id, n_images=n_images, seed=seed,

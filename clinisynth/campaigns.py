@@ -3,23 +3,27 @@
 The checks come first and write nothing: the campaign file (every problem with its line), the profile, the
 output dir, a journal already in it (another campaign's, or this one's from a campaign file that has changed
 since), and then every item's plan and whether the generator can draw its label. Only then is
-``DIR/campaign/journal.sqlite`` created, the models loaded once, and the open slots run in this process
-(``curation/``; the Ray scheduler of issue 13 is not implemented).
+``DIR/campaign/journal.sqlite`` created and the open slots run: in this process with the models loaded once
+(``workers=1``), or on Ray workers (``workers > 1`` starts a local Ray, ``ray_address`` joins a cluster), each
+holding its own models, with this process alone writing the dataset (``curation/ray_workers.py``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from clinisynth.settings import Settings
 
 LOCK_NAME = ".curate.lock"
+#: More workers than this is a typo, not a cluster (each worker holds a whole generator and verifier).
+MAX_WORKERS = 1024
 
 
 @dataclass
@@ -34,6 +38,8 @@ class CampaignResult:
         runs: generation runs this call started or resumed (0 when the campaign was already complete).
         resumed: of them, runs continued from their checkpoint (an interrupted campaign).
         seconds: wall time of this call.
+        requeued: chunks sent again because their Ray worker died (0 in this process).
+        workers: each Ray worker's pid, host, device, memory (``rss_bytes``) and chunks run; empty in this process.
     """
 
     out: Path
@@ -43,6 +49,8 @@ class CampaignResult:
     runs: int
     resumed: int
     seconds: float
+    requeued: int = 0
+    workers: list = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -113,6 +121,8 @@ def curate(
     skip_invalid: bool = False,
     settings: Settings | None = None,
     on_progress: Callable[[str, dict], None] | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> CampaignResult:
     """Run the campaign file ``campaign`` into ordered storage under ``out``; call it again to resume.
 
@@ -120,13 +130,19 @@ def curate(
         skip_invalid: rows that cannot be run (unplannable, a label the generator cannot draw, a bad items-file
             row) are written to ``DIR/campaign/rejected.csv`` and the others run; without it they refuse the
             campaign, listing each with its line.
-        on_progress: ``(event, info)`` callback: ``planned``, ``campaign``, ``item``, ``slot``, ``chunk``.
+        on_progress: ``(event, info)`` callback: ``planned``, ``campaign``, ``item``, ``slot``, ``chunk`` (on Ray
+            also ``sending``, ``sent`` and ``requeued``, see ``curation.ray_workers.run_campaign_on_workers``).
+        workers: Ray workers (actors, each with its own generator and verifier; one GPU each when the cluster has
+            GPUs). ``None`` or 1: the campaign runs in this process; more starts a local Ray with that many CPUs.
+            With ``ray_address``, ``None`` means one worker per GPU of the cluster (1 without GPUs).
+        ray_address: join the Ray cluster there (``auto``, ``ray://HEAD:10001``) instead of running locally.
 
     Raises:
         clinisynth.curation.spec.CampaignError (and the generation errors: PlanError, ProfileError, StorageError,
         VerifierSetupError, ModelNotFoundError): bad input, before anything is generated.
     """
     from clinisynth.api import get_planner, load_generator, quiet_model_loading
+    from clinisynth.curation.adapters import adapter_problem, adapter_request, adapters_cover, modality_id
     from clinisynth.curation.journal import CAMPAIGN_DIR, Journal, journal_path
     from clinisynth.curation.report import write_report
     from clinisynth.curation.scheduler import (REJECTED_NAME, allocate, plan_rows, planned_items, refusal,
@@ -141,6 +157,7 @@ def curate(
 
     started = time.perf_counter()
     settings = settings or Settings()
+    on_ray = _check_workers(workers, ray_address)
     loaded = load_campaign(campaign)
     spec = loaded.campaign
     if spec.verifier_thresholds:
@@ -165,6 +182,7 @@ def curate(
         max_rounds=spec.max_rounds if spec.max_rounds is not None else settings.max_rounds,
         best_of=spec.best_of if spec.best_of is not None else settings.best_of,
     )
+    adapter_request(spec.adapters, adapters_dir=settings.adapters_dir)  # unknown names, bad weights: before any work
     planner = get_planner(settings)
     path = journal_path(out)
     rejected_rows, rejected = 0, []
@@ -178,7 +196,12 @@ def curate(
     else:
         record, location = generator_record(resolved.generator), resolved.generator
 
-        def coverage(modality: str, label: str) -> str | None:
+        def coverage(modality: str, label: str, row) -> str | None:
+            specs, knowledge_id = loaded.adapters_of(row.key), modality_id(planner.knowledge, modality)
+            problem = adapter_problem(specs, adapters_dir=settings.adapters_dir, modality=knowledge_id, label=label)
+            if problem or adapters_cover(specs, adapters_dir=settings.adapters_dir, modality=knowledge_id,
+                                         label=label):
+                return problem
             return coverage_problem(record, modality=modality, label=label, location=location)
 
         planned, rejected = plan_rows(loaded.rows, planner=planner, coverage=coverage, on_progress=on_progress)
@@ -200,17 +223,66 @@ def curate(
                            parameters=run_settings.as_dict(), items=items).close()
         with Journal.open(path) as journal:
             ran = {"runs": 0, "resumed": 0, "recorded": 0}
-            if journal.counts()["pending"] + journal.counts()["running"]:
+            if journal.counts()["pending"] + journal.counts()["running"] and on_ray:
+                ran = _run_on_ray(journal, storage=storage, settings=settings, run_settings=run_settings,
+                                  chunk_size=spec.chunk_size, workers=workers, ray_address=ray_address,
+                                  adapters_of=loaded.adapters_of, on_progress=on_progress)
+            elif journal.counts()["pending"] + journal.counts()["running"]:
                 generator, resolved = load_generator(profile=profile, settings=settings)
                 verifier = build_run_verifier(settings=settings, profile=resolved, device=generator.device)
                 worker = InProcessWorker(planner=planner, generator=generator, verifier=verifier, storage=storage,
-                                         settings=run_settings)
+                                         settings=run_settings, adapters_of=loaded.adapters_of,
+                                         adapters_dir=settings.adapters_dir)
                 ran = run_campaign(journal, worker, storage=storage, chunk_size=spec.chunk_size,
                                    on_progress=on_progress)
             counts = journal.counts()
             seconds = time.perf_counter() - started
             report = write_report(out, journal, storage=storage, rejected=rejected_rows,
                                   timing={"wall_s": round(seconds, 3), "runs": ran["runs"], "resumed": ran["resumed"],
-                                          "recorded_from_traces": ran["recorded"]})
+                                          "recorded_from_traces": ran["recorded"],
+                                          "requeued": ran.get("requeued", 0), "conflicts": ran.get("conflicts", 0),
+                                          "workers": ran.get("workers", [])})
     return CampaignResult(out=out, counts=counts, report=report, rejected=rejected_rows, runs=ran["runs"],
-                          resumed=ran["resumed"], seconds=time.perf_counter() - started)
+                          resumed=ran["resumed"], seconds=time.perf_counter() - started,
+                          requeued=ran.get("requeued", 0), workers=ran.get("workers", []))
+
+
+def _check_workers(workers: int | None, ray_address: str | None) -> bool:
+    """Whether the campaign runs on Ray; refuses a bad worker count, or Ray asked for and not installed."""
+    from clinisynth.curation.ray_workers import import_ray
+    from clinisynth.curation.spec import CampaignError
+
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise CampaignError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
+    if ray_address is not None and not ray_address.strip():
+        raise CampaignError("--ray-address is empty; give the cluster's address (auto, or ray://HEAD:10001)")
+    on_ray = ray_address is not None or (workers or 1) > 1
+    if on_ray:
+        import_ray()
+    return on_ray
+
+
+def _run_on_ray(journal, *, storage, settings: Settings, run_settings, chunk_size: int, workers: int | None,
+                ray_address: str | None, adapters_of, on_progress) -> dict:
+    from clinisynth.curation.ray_workers import WorkerPool, ray_session, run_campaign_on_workers
+
+    load = functools.partial(load_worker_models, settings=settings.model_dump(), profile=run_settings.profile)
+    with ray_session(workers=workers or 1, address=ray_address) as ray:
+        count = workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
+        pool = WorkerPool(ray=ray, count=count, options={"load": load, "run_settings": run_settings,
+                                                         "adapters_dir": settings.adapters_dir})
+        return run_campaign_on_workers(journal, pool, storage=storage, chunk_size=chunk_size, adapters_of=adapters_of,
+                                       on_progress=on_progress)
+
+
+def load_worker_models(*, settings: dict, profile: str) -> tuple:
+    """A campaign worker's ``(planner, generator, verifier)``, loaded in the worker's process from the driver's
+    settings (``Settings.model_dump()``: rebuilt from these values, never from the worker's environment)."""
+    from clinisynth.api import get_planner, load_generator, quiet_model_loading
+    from clinisynth.verifier_setup import build_run_verifier
+
+    quiet_model_loading()
+    values = Settings(**settings)
+    generator, resolved = load_generator(profile=profile, settings=values)
+    return get_planner(values), generator, build_run_verifier(settings=values, profile=resolved,
+                                                              device=generator.device)

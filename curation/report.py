@@ -240,6 +240,15 @@ def _markdown(figures: dict) -> str:
         seconds = "-" if row["seconds_per_image"] is None else f"{row['seconds_per_image']:.3f}"
         lines.append(f"| {row['id']} | {row['source']} | {row['label']} | {row['target']} | {row['stored']} | "
                      f"{row['given_up']} | {row['attempts']} | {acceptance} | {reasons} | {seconds} |")
+    session = figures.get("session") or {}
+    if session.get("workers"):
+        lines += ["", "## Ray workers (this session)", "",
+                  f"{len(session['workers'])} worker(s); {session.get('requeued', 0)} chunk(s) sent again after a "
+                  f"worker died, {session.get('conflicts', 0)} to check duplicates against the whole dataset.", "",
+                  "| pid | host | device | RSS | chunks |", "|---|---|---|---|---|"]
+        for worker in session["workers"]:
+            lines.append(f"| {worker['pid']} | {worker['host']} | {worker['device']} | "
+                         f"{worker['rss_bytes'] / 2**20:.0f} MiB | {worker['chunks']} |")
     lines += ["", f"![acceptance and rejection reasons]({figures['plots']['acceptance']})", "",
               f"![time per image]({figures['plots']['time_per_image']})", "", "## Contact sheets", ""]
     for key, path in figures["contact_sheets"].items():

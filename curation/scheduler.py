@@ -31,13 +31,14 @@ class PlannedRow:
     label: str
 
 
-def plan_rows(rows: list[Row], *, planner, coverage: Callable[[str, str], str | None] | None = None,
+def plan_rows(rows: list[Row], *, planner, coverage: Callable[[str, str, Row], str | None] | None = None,
               on_progress: Callable[[str, dict], None] | None = None) -> tuple[list[PlannedRow], list[Rejected]]:
     """Plan every row before anything is generated.
 
     Args:
         planner: :class:`clinisynth.agents.planner.Planner`.
-        coverage: ``(modality, label) -> why the generator cannot draw it`` (``None`` when it can).
+        coverage: ``(modality, label, row) -> why the generator (with the row's adapters) cannot draw it``
+            (``None`` when it can).
 
     Returns:
         The planned rows and the rejected ones (line and why), both in campaign order.
@@ -52,7 +53,7 @@ def plan_rows(rows: list[Row], *, planner, coverage: Callable[[str, str], str | 
             rejected.append(Rejected(row.source, row.line, row.description, str(error).splitlines()[0]))
             continue
         modality = planner.knowledge.get(plan.modality.id).label
-        problem = coverage(modality, plan.label) if coverage is not None else None
+        problem = coverage(modality, plan.label, row) if coverage is not None else None
         if problem:
             rejected.append(Rejected(row.source, row.line, row.description, problem))
             continue

@@ -16,18 +16,22 @@ campaign a default ``count``, or a ``balance`` target gives the counts once ever
 N`` (N images of every label the items plan to) or ``match: DIR`` (the class distribution of a prepared real
 dataset's ``manifest.csv``, ``total`` images in all, the dataset's size when unset).
 
+``adapters`` (campaign-wide, or an item's own) name LoRA adapters as ``generate --adapter`` does
+(``curation/adapters.py``).
+
 :func:`load_campaign` refuses unknown keys, wrong types and out-of-range numbers, every problem with its line.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -66,6 +70,8 @@ class Item(_Strict):
     description: str = Field(min_length=1)
     count: int | None = Field(default=None, ge=1, le=MAX_ITEM_COUNT)
     id: str | None = Field(default=None, min_length=1, max_length=128)
+    #: The item's own adapters; ``[]``: none named (the run path's choice by plan), whatever the campaign names.
+    adapters: list[Annotated[str, Field(min_length=1)]] | None = None
 
     @field_validator("description")
     @classmethod
@@ -106,6 +112,7 @@ class Campaign(_Strict):
     max_rounds: int | None = Field(default=None, ge=limits.MIN_ROUNDS, le=limits.MAX_ROUNDS)
     best_of: int | None = Field(default=None, ge=limits.MIN_BEST_OF, le=limits.MAX_BEST_OF)
     verifier_thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
+    adapters: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE)
 
 
@@ -118,6 +125,7 @@ class Row:
             first, then the file's rows). The per-slot seeds derive from the campaign seed and this.
         source, line: where it was read (the campaign file or the items file, 1-based line).
         count: ``None`` when a balance target decides it.
+        adapters: the item's own adapters (``"NAME_OR_PATH[:WEIGHT]"``), ``None`` for the campaign's.
     """
 
     key: str
@@ -125,6 +133,7 @@ class Row:
     line: int
     description: str
     count: int | None
+    adapters: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,9 +168,17 @@ class LoadedCampaign:
         return {
             "campaign": self.campaign.model_dump(mode="json", exclude={"items"}),
             "items": [{"key": r.key, "source": r.source, "line": r.line, "description": r.description,
-                       "count": r.count} for r in self.rows],
+                       "count": r.count, **({"adapters": list(r.adapters)} if r.adapters is not None else {})}
+                      for r in self.rows],
             "bad_rows": [{"source": r.source, "line": r.line, "why": r.why} for r in self.bad_rows],
         }
+
+    def adapters_of(self, key: str) -> list[str] | None:
+        """The adapters item ``key`` draws with: its own, else the campaign's; ``None``: the choice by plan."""
+        row = next((r for r in self.rows if r.key == key), None)
+        if row is not None and row.adapters is not None:
+            return list(row.adapters)
+        return list(self.campaign.adapters) if self.campaign.adapters is not None else None
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode("utf-8")).hexdigest()
@@ -319,7 +336,8 @@ def load_campaign(path: Path | str) -> LoadedCampaign:
     for index, item in enumerate(campaign.items):
         line = lines.get(("items", index, "description"), lines.get(("items", index), 1))
         rows.append(Row(key=item.id or str(index + 1), source=source, line=line,
-                        description=item.description, count=item.count))
+                        description=item.description, count=item.count,
+                        adapters=tuple(item.adapters) if item.adapters is not None else None))
     bad_rows: list[Rejected] = []
     if campaign.items_file is not None:
         file_rows, bad_rows, file_problems = _read_items_file(path.parent / campaign.items_file,
@@ -353,8 +371,7 @@ def load_campaign(path: Path | str) -> LoadedCampaign:
     if located:
         raise CampaignError([message for _, message in sorted(located, key=lambda pair: pair[0])])
     if campaign.balance is None:
-        rows = [row if row.count is not None else Row(row.key, row.source, row.line, row.description,
-                                                      campaign.count) for row in rows]
+        rows = [row if row.count is not None else dataclasses.replace(row, count=campaign.count) for row in rows]
     return LoadedCampaign(campaign=campaign, rows=rows, path=path.absolute(), bad_rows=bad_rows)
 
 

@@ -54,23 +54,35 @@ class InProcessWorker:
         planner, generator, verifier: loaded once for the whole campaign.
         storage: the campaign's :class:`~clinisynth.generation.storage.OrderedStorage`.
         settings: the campaign's run settings.
+        adapters_of: ``item key -> adapters`` the item draws with (``None``: the run path's choice by plan).
+        adapters_dir: the adapters folder (the setting ``adapters_dir``; the shipped one when ``None``).
     """
 
-    def __init__(self, *, planner, generator, verifier, storage, settings: RunSettings) -> None:
+    def __init__(self, *, planner, generator, verifier, storage, settings: RunSettings,
+                 adapters_of: Callable[[str], list[str] | None] = lambda key: None,
+                 adapters_dir=None) -> None:
         self.planner = planner
         self.generator = generator
         self.verifier = verifier
         self.storage = storage
         self.settings = settings
+        self.adapters_of = adapters_of
+        self.adapters_dir = adapters_dir
 
     def run(self, chunk: Chunk, *, resume: bool, on_progress: Callable[[str, dict], None] | None = None) -> Outcome:
         """Run (or, with ``resume``, continue) the chunk's generation run ``chunk.run_id``."""
         from clinisynth.agents.runner import run_generation
+        from clinisynth.curation.adapters import use_campaign_adapters
 
         started = time.perf_counter()
+        # A resumed run reads its adapters from its trace; the generator must carry the same ones again.
+        record = use_campaign_adapters(self.generator, specs=self.adapters_of(chunk.item.key),
+                                       adapters_dir=self.adapters_dir, knowledge=self.planner.knowledge,
+                                       modality=chunk.item.modality, label=chunk.item.label)
         result = run_generation(
             planner=self.planner, generator=self.generator, storage=self.storage, verifier=self.verifier,
             request=chunk.item.description, n_images=chunk.n, seed=chunk.seed, steps=self.settings.steps,
             guidance=self.settings.guidance, max_rounds=self.settings.max_rounds, best_of=self.settings.best_of,
-            profile=self.settings.profile, run_id=chunk.run_id, resume=resume, on_progress=on_progress)
+            profile=self.settings.profile, run_id=chunk.run_id, resume=resume, on_progress=on_progress,
+            adapters=None if resume else record)
         return outcome_of_trace(result.run_id, result.trace, seconds=time.perf_counter() - started)

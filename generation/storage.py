@@ -206,6 +206,17 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def trace_bytes(run_id: str, trace: dict) -> bytes:
+    """``trace.json``'s content for run ``run_id`` (what :meth:`OrderedStorage.write_trace` writes).
+
+    Raises:
+        StorageError: a trace that is not a dict or not JSON-serialisable.
+    """
+    if not isinstance(trace, dict):
+        raise StorageError(f"trace must be a dict, got {type(trace).__name__}")
+    return (_dumps(trace, what=f"trace of run {run_id!r}", indent=2) + "\n").encode("utf-8")
+
+
 def _json_default(value: Any) -> Any:
     # The few non-JSON types traces and metadata carry in practice; anything else is an error, not a repr.
     if isinstance(value, Path):
@@ -552,9 +563,7 @@ class OrderedStorage:
             StorageError: unsafe run id, or a trace that is not JSON-serialisable.
         """
         path = self.trace_path(run_id)
-        if not isinstance(trace, dict):
-            raise StorageError(f"trace must be a dict, got {type(trace).__name__}")
-        data = (_dumps(trace, what=f"trace of run {run_id!r}", indent=2) + "\n").encode("utf-8")
+        data = trace_bytes(run_id, trace)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, data)
         return path

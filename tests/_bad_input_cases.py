@@ -445,6 +445,22 @@ CAMPAIGN_CASES: dict[str, list[dict]] = {
     "campaign file changed since its journal was made": [
         {"campaign": CAMPAIGN, "setup": "changed-campaign", "message": "items[0].count: 3 -> 1"},
     ],
+    "unknown campaign adapter": [
+        {"campaign": CAMPAIGN + "adapters: [no_such_adapter]\n", "message": "no adapter named 'no_such_adapter'"},
+        {"campaign": CAMPAIGN + "    adapters: [no_such_adapter]\n",
+         "message": "campaign.yaml:4: no adapter named 'no_such_adapter'"},
+    ],
+    # "args": options after ``--out OUT``; setup "no-ray": ``import ray`` fails, as without the extra.
+    "`--workers` outside 1..1024": [{"campaign": CAMPAIGN, "args": ["--workers", "0"],
+                                     "message": "--workers must be between 1 and 1024, got 0"},
+                                    {"campaign": CAMPAIGN, "args": ["--workers", "5000"], "message": "got 5000"}],
+    "an empty `--ray-address`": [{"campaign": CAMPAIGN, "args": ["--ray-address", " "],
+                                  "message": "--ray-address is empty"}],
+    "`--workers` above 1 or `--ray-address` without Ray installed": [
+        {"campaign": CAMPAIGN, "args": ["--workers", "2"], "setup": "no-ray",
+         "message": 'need Ray, which is not installed; install it with pip install "clinisynth[ray]"'},
+        {"campaign": CAMPAIGN, "args": ["--ray-address", "auto"], "setup": "no-ray", "message": "need Ray"},
+    ],
 }
 
 

@@ -96,17 +96,20 @@ def test_a_bad_input_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp
 
 
 @pytest.mark.parametrize("phrase, number", [(p, i) for p, cases in CAMPAIGN_CASES.items() for i in range(len(cases))])
-def test_a_bad_campaign_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, phrase, number):
+def test_a_bad_campaign_is_one_error_line_exit_2_and_nothing_written(cache_dir, tmp_path, monkeypatch, phrase,
+                                                                   number):
     case = CAMPAIGN_CASES[phrase][number]
     campaign, out = tmp_path / "campaign.yaml", tmp_path / "out"
     campaign.write_text(case["campaign"], encoding="utf-8")
     if "rows" in case:
         (tmp_path / "rows.csv").write_text(case["rows"], encoding="utf-8")
-    if "setup" in case:
+    if case.get("setup") == "no-ray":
+        monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    elif "setup" in case:
         journal_setup(case["setup"], out, campaign)
     before = {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()}
     result = CliRunner(env={"CLINISYNTH_CACHE_DIR": str(cache_dir), "CLINISYNTH_CONFIG": None}).invoke(
-        app, ["curate", str(campaign), "--out", str(out)])
+        app, ["curate", str(campaign), "--out", str(out), *case.get("args", [])])
 
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
     assert isinstance(result.exception, SystemExit), f"not a handled error: {result.exception!r}"

@@ -320,8 +320,9 @@ def _env(cache_dir: Path) -> dict:
     return env
 
 
-def _drill(campaign: Path, out: Path, where: str, after: int, cache_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(DRILL), str(campaign), str(out), where, str(after)],
+def _drill(campaign: Path, out: Path, where: str, after: int, cache_dir: Path, *options: str
+           ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DRILL), str(campaign), str(out), where, str(after), *options],
                           env=_env(cache_dir), capture_output=True, text=True, timeout=600)
 
 

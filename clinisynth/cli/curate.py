@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -72,6 +72,9 @@ class CampaignProgress:
         elif event == "chunk":
             progress.update(self._items[info["item"]], completed=info["done"])
             progress.update(self._overall, completed=info["campaign_done"])
+        elif event == "requeued":
+            progress.console.print(f"a worker died ({info['error']}); run {info['run_id']} sent to another",
+                                   soft_wrap=True)
 
 
 def curate(
@@ -82,6 +85,13 @@ def curate(
                                       parser=path_parser("--out"))],
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="write rows that cannot be run to DIR/campaign/rejected.csv and run the others")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Ray workers, each holding its own generator and verifier (1 GPU each when there are GPUs); above 1 "
+             "starts a local Ray; default 1: in this process (with --ray-address: one per GPU of the cluster). "
+             'Needs pip install "clinisynth[ray]"')] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="join this Ray cluster (auto, or ray://HEAD:10001) instead of a local one; this machine still "
+             "writes the dataset")] = None,
 ) -> None:
     """Run a curation campaign: plan every item, then generate, verify and file its images, resumable.
 
@@ -95,12 +105,16 @@ def curate(
         from clinisynth.campaigns import curate as run
 
         with CampaignProgress(console) as progress:
-            result = run(campaign, out=out, skip_invalid=skip_invalid, on_progress=progress.update)
+            result = run(campaign, out=out, skip_invalid=skip_invalid, on_progress=progress.update, workers=workers,
+                         ray_address=ray_address)
     counts = result.counts
     state = "complete" if result.complete else "not complete"
     console.print(f"campaign {state}: {counts['stored']} of {counts['total']} image(s) stored, {counts['given_up']} "
                   f"given up, in {out} ({result.runs} run(s) this time, {result.resumed} resumed; "
                   f"{result.seconds:.1f} s)", soft_wrap=True)
+    if result.workers:
+        console.print(f"on {len(result.workers)} Ray worker(s); {result.requeued} chunk(s) sent again after a worker "
+                      "died", soft_wrap=True)
     if result.rejected:
         console.print(f"{result.rejected} row(s) skipped: {Path(out) / 'campaign' / 'rejected.csv'}", soft_wrap=True)
     typer.echo(str(result.report))
