@@ -16,6 +16,7 @@ from clinisynth.cli.curate import curate
 from clinisynth.cli.errors import fail, user_errors
 from clinisynth.cli.evaluate import evaluate
 from clinisynth.cli.prepare import prepare
+from clinisynth.cli.serve import serve
 from clinisynth.cli.train_classifier import train_classifier
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app.command("evaluate", help="Realism, diversity, faithfulness and downstream ut
 train_commands.app.command("classifier", help="Train the verifier's classifier on a prepared dataset.")(train_classifier)
 app.add_typer(train_commands.app, name="train")
 app.command("curate")(curate)
+app.command("serve")(serve)
 
 
 @app.command()
