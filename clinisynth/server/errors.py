@@ -54,7 +54,8 @@ def _validation_message(error: dict) -> tuple[int, str, str | None]:
         return 422, f"missing field {field!r}", field
     if kind in ("model_attributes_type", "dict_type") and field is None:
         return 422, "the body must be a JSON object", "body"
-    return 422, f"{field or 'body'}: {error.get('msg', 'invalid value')}", field
+    message = error.get("msg", "invalid value").removeprefix("Value error, ")  # our validators' own words
+    return 422, f"{field or 'body'}: {message}", field
 
 
 def install_error_handlers(app: FastAPI) -> None:
