@@ -125,8 +125,7 @@ function scoreLine(scores) {
     parts.push("dup " + fmt(scores.duplicate_similarity, 2));
   if (scores.memorisation_similarity !== null && scores.memorisation_similarity !== undefined)
     parts.push("mem " + fmt(scores.memorisation_similarity, 2));
-  if (scores.sanity && Object.keys(scores.sanity).length)
-    parts.push("sanity " + Object.entries(scores.sanity).map(([k, v]) => k + " " + fmt(v, 2)).join(", "));
+  if (scores.unavailable && scores.unavailable.length) parts.push("not scored: " + scores.unavailable.join(", "));
   return parts.join(" · ");
 }
 
