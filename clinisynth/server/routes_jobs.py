@@ -55,7 +55,8 @@ def cancel(job_id: str, manager=Depends(jobs)) -> dict:
 async def events(job_id: str, request: Request, manager=Depends(jobs)) -> StreamingResponse:
     """Server-sent events: ``status``, ``node``, ``image``, ``stored``, ``cancel_requested``, then one ``end``.
 
-    Every event since the job was queued is sent first (or since ``Last-Event-ID``), then each as it happens.
+    Every event since the job was queued is sent first (or since ``Last-Event-ID``), then each as it happens; each
+    event's data carries ``time``, the server's UNIX time when it happened.
     """
     job = manager.get(job_id)
     last = request.headers.get("last-event-id", "")
@@ -69,7 +70,8 @@ async def events(job_id: str, request: Request, manager=Depends(jobs)) -> Stream
                 pending = job.events[sent:]
                 finished = bool(job.events) and job.events[-1]["event"] == "end"  # "end" is the last event
             for event in pending:
-                yield f"id: {event['seq']}\nevent: {event['event']}\ndata: {json.dumps(event['data'])}\n\n"
+                data = json.dumps({**event["data"], "time": event["time"]})
+                yield f"id: {event['seq']}\nevent: {event['event']}\ndata: {data}\n\n"
             sent += len(pending)
             if finished:
                 return
