@@ -439,6 +439,23 @@ class OrderedStorage:
         with open(self.metadata_path, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
 
+    def append_record(self, name: str, record: dict) -> None:
+        """Append ``record`` as one fsynced JSON line to ``root/name`` (a log beside the dataset, e.g. reviews),
+        under the storage lock.
+
+        Raises:
+            StorageError: ``name`` is not a plain ``*.jsonl`` file name, or ``record`` is not JSON-serialisable.
+        """
+        if Path(name).name != name or not name.endswith(".jsonl") or name == METADATA_NAME:
+            raise StorageError(f"{name!r} is not a log file name of the output dir (NAME.jsonl, not metadata.jsonl)")
+        line = (_dumps(record, what=f"a record of {name}") + "\n").encode("utf-8")
+        with self._locked():
+            _append_durably(self.root / name, line)
+
+    def read_records(self, name: str) -> list[dict]:
+        """The complete records of the JSON-lines file ``root/name`` (a partial last line a crash left is skipped)."""
+        return _complete_json_lines(self.root / name)
+
     def update_metadata(self, file_name: str, fields: dict[str, Any]) -> dict:
         """Set ``fields`` on the ``metadata.jsonl`` record of ``file_name`` (e.g. a reviewer's decision column).
 

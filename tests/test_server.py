@@ -220,3 +220,28 @@ def test_a_queued_job_cancelled_never_starts(out, cache_dir, monkeypatch):
         follow(client, first["id"])
         assert follow(client, queued["id"])[-1][1]["status"] == "cancelled"
         assert calls == [first["run_id"]]
+
+
+@pytest.mark.parametrize("case", ["public host without token", "port in use", "unknown profile", "out is a file"])
+def test_serve_refuses_bad_options_with_one_error_line(case, tmp_path):
+    from typer.testing import CliRunner
+
+    from clinisynth.cli.main import app
+
+    (tmp_path / "a-file").write_text("x")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    arguments = {"public host without token": ["--host", "0.0.0.0"],
+                 "port in use": ["--port", str(busy.getsockname()[1])],
+                 "unknown profile": ["--profile", "huge"],
+                 "out is a file": ["--out", str(tmp_path / "a-file")]}[case]
+    runner = CliRunner(env={"CLINISYNTH_API_TOKEN": None, "CLINISYNTH_CONFIG": None})
+    try:
+        result = runner.invoke(app, ["serve", "--out", str(tmp_path / "out"), "--port", "0", *arguments])
+    finally:
+        busy.close()
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert {"public host without token": "token", "port in use": "cannot listen", "unknown profile": "huge",
+            "out is a file": "not a directory"}[case] in result.stderr
+    assert not (tmp_path / "out").exists()

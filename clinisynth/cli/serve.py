@@ -24,10 +24,11 @@ def serve(
     max_jobs_per_token: Annotated[int, typer.Option(help="queued or running jobs one token may have", min=1)] = 2,
 ) -> None:
     """Serve the web app (Generate and Review pages) and the HTTP API (OpenAPI at /docs)."""
-    from clinisynth.server.security import check_bind
+    from clinisynth.server.security import check_bind, check_port_free
 
     try:
         check_bind(host=host, token=token)
+        check_port_free(host=host, port=port)
     except ValueError as error:
         fail(str(error))
     with user_errors():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,29 +27,14 @@ def record_review(storage, *, run_id: str, file_name: str, decision: str, commen
                        field="file_name")
     review = {"run_id": run_id, "file_name": file_name, "decision": decision, "comment": comment,
               "reviewer": reviewer, "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-    line = (json.dumps(review, ensure_ascii=False) + "\n").encode("utf-8")
-    # Under the storage lock, like every write to the dataset; the metadata column follows the log.
-    with storage._locked():  # noqa: SLF001 - the one lock of the output dir
-        with open(Path(storage.root) / REVIEWS_NAME, "ab") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+    storage.append_record(REVIEWS_NAME, review)  # the log first: the metadata column follows it
     storage.update_metadata(file_name, {"review": decision, "review_comment": comment})
     return review
 
 
-def read_reviews(root: Path) -> list[dict]:
-    """Every decision of ``reviews.jsonl``, oldest first (a partial last line a crash left is skipped)."""
-    path = Path(root) / REVIEWS_NAME
-    if not path.is_file():
-        return []
-    reviews = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            reviews.append(json.loads(line))
-        except ValueError:
-            continue
-    return reviews
+def read_reviews(storage) -> list[dict]:
+    """Every decision of ``reviews.jsonl``, oldest first."""
+    return storage.read_records(REVIEWS_NAME)
 
 
 def approved_zip(storage, *, run_id: str | None = None) -> tuple[bytes, int]:

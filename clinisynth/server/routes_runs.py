@@ -93,7 +93,7 @@ def resume(run_id: str, request: Request, owner: str = Depends(caller), manager=
 def reviews(run_id: str, request: Request) -> list[dict]:
     """Every decision on the run's images, oldest first (the latest per image is in its metadata row)."""
     _trace(request, run_id)
-    return [review for review in read_reviews(request.app.state.jobs.out) if review.get("run_id") == run_id]
+    return [review for review in read_reviews(_storage(request)) if review.get("run_id") == run_id]
 
 
 @router.post("/runs/{run_id}/reviews", status_code=201)

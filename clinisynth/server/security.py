@@ -25,6 +25,25 @@ def check_bind(*, host: str, token: str | None) -> None:
                          "CLINISYNTH_API_TOKEN (clients send it as 'Authorization: Bearer TOKEN')")
 
 
+def check_port_free(*, host: str, port: int) -> None:
+    """Refuse a port another program holds, before any model loads (uvicorn would fail only after).
+
+    Raises:
+        ValueError: the address cannot be bound.
+    """
+    import socket
+
+    if port == 0:
+        return
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise ValueError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host") from None
+
+
 def bearer_token(request: Request) -> str | None:
     """The token of ``Authorization: Bearer TOKEN``, or ``None``."""
     header = request.headers.get("authorization", "")
