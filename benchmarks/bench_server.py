@@ -5,7 +5,9 @@ A ``clinisynth serve`` subprocess (``--profile``, its own output dir) is started
 
 - overhead: ``--repeat`` pairs, alternated, of ``clinisynth.generate(TEXT, n=N, steps=S)`` in this process and the
   same job through the API (``POST /api/jobs``, then its SSE stream read to ``end``), from the call to the last
-  image filed; the medians compared.
+  image filed; the medians compared. On a loaded machine the pairs differ by more than the API costs, so the
+  API's own share is also taken inside each job: its wall time minus the worker's run (``started_at`` to
+  ``finished_at``), i.e. submit, queueing, event delivery and the final status.
 - load: one more job through the API while ``--clients`` clients (half polling ``GET /api/jobs/{id}`` and
   ``GET /api/runs`` in a loop, half following ``/api/jobs/{id}/events``) hit the server; errors (any non-2xx or
   transport error) and the latency of each SSE event (arrival here minus the server's ``time`` of the event).
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from _common import machine, percentile
@@ -140,7 +143,7 @@ def main() -> None:
         # Warm both processes: models, index, LangGraph, the first diffusion call.
         api.generate(TEXT, out=work / "local", n=1, steps=args.steps, settings=settings, profile=args.profile)
         api_job(base, {**body, "n": 1})
-        local, served = [], []
+        local, served, layer = [], [], []
         for repeat in range(args.repeat):
             started = time.perf_counter()
             result = api.generate(TEXT, out=work / "local", n=args.n, steps=args.steps, seed=repeat + 1,
@@ -148,8 +151,11 @@ def main() -> None:
             local.append(time.perf_counter() - started)
             elapsed, job = api_job(base, {**body, "seed": repeat + 1})
             served.append(elapsed)
+            inside = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
+            layer.append(elapsed - inside)
             print(f"repeat {repeat}: in-process {local[-1]:.2f} s ({result.status}), API {elapsed:.2f} s "
-                  f"({job['status']})", flush=True)
+                  f"({job['status']}; the run itself {inside:.2f} s, the API around it {elapsed - inside:.3f} s)",
+                  flush=True)
         stress = asyncio.run(load(base, {**body, "seed": 99}, args.clients))
     finally:
         server.terminate()
@@ -159,6 +165,8 @@ def main() -> None:
     print(f"\nmachine: {machine()}, load average {os.getloadavg()[0]:.1f}")
     print(f"{args.n} images x {args.steps} steps on {args.profile}, median of {args.repeat}: in-process "
           f"{in_process:.2f} s, through the API {through_api:.2f} s, overhead {100 * (through_api / in_process - 1):+.1f}%")
+    print(f"the API around the run (submit, queue, events; the job's wall time minus the worker's run), median: "
+          f"{statistics.median(layer):.3f} s = {100 * statistics.median(layer) / through_api:.2f}% of the job")
     print(f"{args.clients} clients during one job: {stress['requests']} requests, {len(stress['errors'])} errors, "
           f"{len(latencies)} events, latency p50 {1000 * percentile(latencies, 50):.1f} ms, "
           f"p95 {1000 * percentile(latencies, 95):.1f} ms, max {1000 * max(latencies):.1f} ms")

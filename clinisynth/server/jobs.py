@@ -144,13 +144,14 @@ class JobManager:
             if options.get("resume") and any(job.run_id == run_id and not job.finished for job in self.jobs.values()):
                 raise ApiError(409, f"run {run_id} is already being resumed by another job")
             job = Job(id=uuid.uuid4().hex[:16], owner=owner, options=options, run_id=run_id)
+            # Its first event before the worker can see it: "queued" always comes before "running".
+            job.events.append({"seq": 0, "event": "status", "data": {"status": QUEUED}, "time": time.time()})
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
                 raise ApiError(503, f"the job queue is full ({self._queue.maxsize} waiting); try again once a job "
                                     "has finished") from None
             self.jobs[job.id] = job
-        self._publish(job, "status", {"status": QUEUED})
         return job
 
     def get(self, job_id: str) -> Job:
