@@ -235,6 +235,7 @@ def run_generation(
     planned: PlannedRun | None = None,
     adapters: dict[str, Any] | None = None,
     known_embeddings: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Run the graph once and file what passes, each accepted image as soon as it is verified.
 
@@ -262,6 +263,9 @@ def run_generation(
         known_embeddings: per storage modality, the embeddings the duplicate check compares against instead of
             the images under ``storage`` (a campaign worker runs into a scratch storage; the driver, which files
             the images, sends it those of the dataset, see ``clinisynth.curation.remote``).
+        should_stop: asked after every graph step (node); when it answers true the run stops there, keeping every
+            image filed so far, with status ``cancelled`` in the result and the trace (``cancelled``: when and
+            after which node).
 
     Raises:
         PlanError: the description cannot be planned, names no modality or nothing to draw.
@@ -279,6 +283,7 @@ def run_generation(
         # A run made before seed reservations keeps the seeds its checkpoint holds; later runs then avoid them.
         storage.reserve_seeds(run_id=run_id, seed=seed, n_images=n_images, max_rounds=max_rounds, best_of=best_of,
                               keep=True)
+        trace.pop("cancelled", None)
     else:
         if planned is None:
             planned = plan_run(planner=planner, request=request, n_images=n_images, seed=seed, steps=steps,
@@ -347,8 +352,11 @@ def run_generation(
             if resume and not graph.get_state(config).next:
                 raise PlanError(f"run {run_id} has no checkpoint to continue from; start a new run")
             # Both a new run and a resumed one continue from their checkpoint: a new one after its prompt node.
-            final = graph.invoke(None, config=config, context=services, durability="sync", version="v2")
-            state = GraphState.model_validate(final.value if hasattr(final, "value") else final)
+            cancelled = _run_steps(graph, config=config, services=services, should_stop=should_stop)
+            state = GraphState.model_validate(graph.get_state(config).values)
+            if cancelled is not None:
+                state = state.model_copy(update={"status": CANCELLED})
+                trace["cancelled"] = cancelled
         except BaseException as error:
             snapshot = graph.get_state(config).values
             state = GraphState.model_validate(snapshot) if snapshot else initial
@@ -365,6 +373,24 @@ def run_generation(
     return RunResult(run_id=run_id, status=state.status, stored=list(state.stored), trace_path=trace_path, trace=trace)
 
 
+#: Status of a run stopped by ``should_stop`` (the images filed before it are kept).
+CANCELLED = "cancelled"
+
+
+def _run_steps(graph, *, config: dict, services: Services, should_stop: Callable[[], bool] | None) -> dict | None:
+    """Run the graph from its checkpoint step by step; stop after the step where ``should_stop()`` turns true.
+
+    Returns:
+        ``None`` when the graph ran to its end, else ``{"at", "after_node"}`` of the stop.
+    """
+    # "updates" yields once per finished step, after its checkpoint is written (durability "sync").
+    for update in graph.stream(None, config=config, context=services, durability="sync", stream_mode="updates"):
+        if should_stop is not None and should_stop() and graph.get_state(config).next:
+            return {"at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    "after_node": next(iter(update), None)}
+    return None
+
+
 def _check_planned(planned: PlannedRun, *, request: str, run_id: str | None, **numbers) -> None:
     state = planned.state
     if numbers.get("seed") is None:  # a seed the dataset draws: planned with 0
@@ -376,7 +402,7 @@ def _check_planned(planned: PlannedRun, *, request: str, run_id: str | None, **n
 
 
 def resumable_run(storage, run_id: str) -> dict:
-    """The trace of ``run_id`` if the run can be resumed: interrupted (killed) or failed with an error.
+    """The trace of ``run_id`` if the run can be resumed: interrupted (killed), cancelled, or failed with an error.
 
     Raises:
         StorageError: no such run. PlanError: the run finished, or is still running.
@@ -386,7 +412,7 @@ def resumable_run(storage, run_id: str) -> dict:
     if state == "running":
         raise PlanError(f"run {run_id} is still running (process {trace['process'].get('pid')}); "
                         "resume it once that process has stopped")
-    if state != "interrupted" and not trace.get("error"):
+    if state not in ("interrupted", CANCELLED) and not trace.get("error"):
         raise PlanError(f"run {run_id} finished ({state}); nothing to resume")
     if not (Path(storage.root) / "runs" / run_id / "checkpoints.sqlite").is_file():
         raise PlanError(f"run {run_id} has no checkpoint to continue from; start a new run")

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-RunStatus = Literal["planning", "generating", "complete", "partial", "failed"]
+RunStatus = Literal["planning", "generating", "complete", "partial", "failed", "cancelled"]
 #: ``passed_not_chosen``: passed every check, but another best-of-N candidate of its slot scored higher.
 AttemptVerdict = Literal["pending", "accepted", "rejected", "passed_not_chosen"]
 

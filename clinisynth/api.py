@@ -150,6 +150,8 @@ def generate(
     resume: str | None = None,
     adapters: list | None = None,
     adapters_dir: Path | str | None = None,
+    should_stop=None,
+    run_id: str | None = None,
 ):
     """Generate ``n`` verified images of ``text`` into ordered storage under ``out``.
 
@@ -167,7 +169,11 @@ def generate(
             and its reason go in the trace (``adapters``), each adapter's name, weight and card hash in every
             metadata row.
         adapters_dir: the adapters folder; the setting ``adapters_dir``, else the shipped one, when ``None``.
-        resume: the id of an interrupted (killed or failed) run in ``out`` to continue from its checkpoint,
+        run_id: the new run's id (a fresh :func:`~clinisynth.agents.runner.new_run_id` when ``None``), so that a
+            caller can follow the run before it starts; not with ``resume``.
+        should_stop: a callable asked after every graph step; when it returns true the run stops there with status
+            ``cancelled``, keeping every image already filed (the web app's Cancel).
+        resume: the id of an interrupted (killed, cancelled or failed) run in ``out`` to continue from its checkpoint,
             with the run's own description, settings and adapters (``text``, when given, must be the run's; the
             other numbers are ignored).
 
@@ -188,6 +194,10 @@ def generate(
     from clinisynth.models import ADAPTERS_DIR
     from clinisynth.verifier_setup import build_run_verifier, check_verifier_settings
 
+    if run_id is not None:
+        if resume is not None:
+            raise PlanError("give run_id for a new run or resume for an interrupted one, not both")
+        check_run_id(run_id)
     if resume is not None:
         if adapters or adapters_dir is not None:
             raise AdapterError("a resumed run uses the adapters it started with; leave adapters out")
@@ -223,7 +233,7 @@ def generate(
     if resume is None:
         # The run's one planning: the graph's reasoning nodes, checkpointed in memory until the first write.
         planned = plan_run(planner=planner, request=text, n_images=n, seed=seed, steps=steps, guidance=guidance,
-                           max_rounds=max_rounds, best_of=best_of)
+                           max_rounds=max_rounds, best_of=best_of, run_id=run_id)
         checked = planned.plan
     else:
         checked = checkpointed_plan(OrderedStorage(Path(out)), resume)  # planned when the run started
@@ -276,4 +286,5 @@ def generate(
             resume=resume is not None,
             planned=planned,
             adapters=None if resume is not None else choice.record(),
+            should_stop=should_stop,
         )

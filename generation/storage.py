@@ -299,6 +299,7 @@ class OrderedStorage:
         # metadata.jsonl records read so far (a cache for ``unique`` look-ups; refreshed under the lock).
         self._records: list[dict] = []
         self._records_offset = 0
+        self._records_inode = None  # a rewritten metadata.jsonl (update_metadata) is a new file: read it again
 
     @property
     def metadata_path(self) -> Path:
@@ -509,9 +510,12 @@ class OrderedStorage:
         """Every complete record of ``metadata.jsonl``, read incrementally (only what was appended since the last
         call is read); under the lock it is everything stored so far, by any process. Do not modify the list."""
         path = self.metadata_path
-        size = path.stat().st_size if path.exists() else 0
-        if size < self._records_offset:  # the file was cut (a partial last line dropped): read it again
-            self._records, self._records_offset = [], 0
+        stat = path.stat() if path.exists() else None
+        size = stat.st_size if stat else 0
+        inode = stat.st_ino if stat else None
+        # The file was cut (a partial last line dropped) or replaced (update_metadata): read it again.
+        if size < self._records_offset or inode != self._records_inode:
+            self._records, self._records_offset, self._records_inode = [], 0, inode
         if size > self._records_offset:
             with open(path, "rb") as handle:
                 handle.seek(self._records_offset)
@@ -549,6 +553,49 @@ class OrderedStorage:
             return []
         with open(self.metadata_path, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
+
+    def append_record(self, name: str, record: dict) -> None:
+        """Append ``record`` as one fsynced JSON line to ``root/name`` (a log beside the dataset, e.g. reviews),
+        under the storage lock.
+
+        Raises:
+            StorageError: ``name`` is not a plain ``*.jsonl`` file name, or ``record`` is not JSON-serialisable.
+        """
+        if Path(name).name != name or not name.endswith(".jsonl") or name == METADATA_NAME:
+            raise StorageError(f"{name!r} is not a log file name of the output dir (NAME.jsonl, not metadata.jsonl)")
+        line = (_dumps(record, what=f"a record of {name}") + "\n").encode("utf-8")
+        with self._locked():
+            _append_durably(self.root / name, line)
+
+    def read_records(self, name: str) -> list[dict]:
+        """The complete records of the JSON-lines file ``root/name`` (a partial last line a crash left is skipped)."""
+        return _complete_json_lines(self.root / name)
+
+    def update_metadata(self, file_name: str, fields: dict[str, Any]) -> dict:
+        """Set ``fields`` on the ``metadata.jsonl`` record of ``file_name`` (e.g. a reviewer's decision column).
+
+        The file is rewritten whole under the storage lock, to a temporary name renamed into place, so a reader
+        sees the old or the new file and a concurrent store is neither lost nor duplicated.
+
+        Returns:
+            the updated record.
+
+        Raises:
+            StorageError: no record has that ``file_name``, or a field would replace ``file_name``.
+        """
+        if "file_name" in fields:
+            raise StorageError("file_name cannot be changed by a metadata update")
+        with self._locked():
+            self._finish_pending()
+            records = _complete_json_lines(self.metadata_path)
+            matches = [record for record in records if record.get("file_name") == file_name]
+            if not matches:
+                raise StorageError(f"no image {file_name!r} in {self.metadata_path}")
+            for record in matches:
+                record.update(fields)
+            data = "".join(_dumps(record, what=f"metadata of {file_name}") + "\n" for record in records)
+            write_atomically(self.metadata_path, data.encode("utf-8"))
+        return matches[-1]
 
     # Traces -------------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from clinisynth.cli.errors import fail, user_errors
 from clinisynth.cli.evaluate import evaluate
 from clinisynth.cli.options import path_parser
 from clinisynth.cli.prepare import prepare
+from clinisynth.cli.serve import serve
 from clinisynth.cli.train_classifier import train_classifier
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ train_commands.app.command("classifier", help="Train the verifier's classifier o
 app.add_typer(train_commands.app, name="train")
 app.command("curate")(curate)
 app.command("doctor")(doctor)
+app.command("serve")(serve)
 
 
 @app.command()
