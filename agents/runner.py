@@ -236,6 +236,7 @@ def run_generation(
     adapters: dict[str, Any] | None = None,
     known_embeddings: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    exact_seed: bool = False,
 ) -> RunResult:
     """Run the graph once and file what passes, each accepted image as soon as it is verified.
 
@@ -266,6 +267,9 @@ def run_generation(
         should_stop: asked after every graph step (node); when it answers true the run stops there, keeping every
             image filed so far, with status ``cancelled`` in the result and the trace (``cancelled``: when and
             after which node).
+        exact_seed: keep ``seed`` even where earlier runs in the dataset drew from it (it is still reserved, so
+            later runs avoid it): a campaign's slot seeds, derived from the campaign seed, item and slot, must be
+            the same whether the slots run in this process or on any number of workers.
 
     Raises:
         PlanError: the description cannot be planned, names no modality or nothing to draw.
@@ -295,7 +299,7 @@ def run_generation(
         run_dir = Path(storage.root) / "runs" / run_id
         # Under the dataset lock, before any image: concurrent runs into this dataset never draw one seed.
         reservation = storage.reserve_seeds(run_id=run_id, seed=seed, n_images=n_images, max_rounds=max_rounds,
-                                            best_of=best_of)
+                                            best_of=best_of, keep=exact_seed and seed is not None)
         if reservation.base != planned.state.seed:
             planned.reseed(reservation.base, max_rounds=max_rounds)
         seed = reservation.base

@@ -40,6 +40,7 @@ class CampaignResult:
         seconds: wall time of this call.
         requeued: chunks sent again because their Ray worker died (0 in this process).
         workers: each Ray worker's pid, host, device, memory (``rss_bytes``) and chunks run; empty in this process.
+        cancelled: ``should_stop`` stopped the campaign; the next call continues it.
     """
 
     out: Path
@@ -51,6 +52,7 @@ class CampaignResult:
     seconds: float
     requeued: int = 0
     workers: list = field(default_factory=list)
+    cancelled: bool = False
 
     @property
     def complete(self) -> bool:
@@ -123,6 +125,7 @@ def curate(
     on_progress: Callable[[str, dict], None] | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CampaignResult:
     """Run the campaign file ``campaign`` into ordered storage under ``out``; call it again to resume.
 
@@ -136,6 +139,9 @@ def curate(
             GPUs). ``None`` or 1: the campaign runs in this process; more starts a local Ray with that many CPUs.
             With ``ray_address``, ``None`` means one worker per GPU of the cluster (1 without GPUs).
         ray_address: join the Ray cluster there (``auto``, ``ray://HEAD:10001``) instead of running locally.
+        should_stop: asked before every chunk and after every graph step of a run (the web app's Cancel); when it
+            answers true the campaign stops there, keeping every image filed, and a later call resumes it. In this
+            process only: not with ``workers`` or ``ray_address``.
 
     Raises:
         clinisynth.curation.spec.CampaignError (and the generation errors: PlanError, ProfileError, StorageError,
@@ -158,6 +164,8 @@ def curate(
     started = time.perf_counter()
     settings = settings or Settings()
     on_ray = _check_workers(workers, ray_address)
+    if on_ray and should_stop is not None:
+        raise CampaignError("should_stop stops campaigns run in this process, not on Ray workers")
     loaded = load_campaign(campaign)
     spec = loaded.campaign
     if spec.verifier_thresholds:
@@ -234,7 +242,7 @@ def curate(
                                          settings=run_settings, adapters_of=loaded.adapters_of,
                                          adapters_dir=settings.adapters_dir)
                 ran = run_campaign(journal, worker, storage=storage, chunk_size=spec.chunk_size,
-                                   on_progress=on_progress)
+                                   on_progress=on_progress, should_stop=should_stop)
             counts = journal.counts()
             seconds = time.perf_counter() - started
             report = write_report(out, journal, storage=storage, rejected=rejected_rows,
@@ -244,7 +252,8 @@ def curate(
                                           "workers": ran.get("workers", [])})
     return CampaignResult(out=out, counts=counts, report=report, rejected=rejected_rows, runs=ran["runs"],
                           resumed=ran["resumed"], seconds=time.perf_counter() - started,
-                          requeued=ran.get("requeued", 0), workers=ran.get("workers", []))
+                          requeued=ran.get("requeued", 0), workers=ran.get("workers", []),
+                          cancelled=ran.get("cancelled", False))
 
 
 def _check_workers(workers: int | None, ray_address: str | None) -> bool:

@@ -114,7 +114,7 @@ def run_detached(work: ChunkWork, *, planner, generator, verifier, settings: Run
             planner=planner, generator=generator, storage=storage, verifier=verifier, request=work.description,
             n_images=work.n, seed=work.seed, steps=settings.steps, guidance=settings.guidance,
             max_rounds=settings.max_rounds, best_of=settings.best_of, profile=settings.profile, run_id=work.run_id,
-            adapters=adapters, known_embeddings=known)
+            adapters=adapters, known_embeddings=known, exact_seed=True)
         accepted = {a["stored_as"]: a for a in result.trace.get("attempts", []) if a.get("stored_as")}
         images = []
         for record in storage.read_metadata():

@@ -186,24 +186,32 @@ def _settle(chunk: Chunk, *, journal: Journal, storage) -> tuple[Chunk, bool | N
         process = trace.get("process") or {}
         raise CampaignError(f"run {chunk.run_id} of this campaign is still running (process {process.get('pid')} "
                             f"on {process.get('host')}); wait for it or stop it, then run the campaign again")
-    if state == "interrupted" or trace.get("error"):
+    if state in ("interrupted", "cancelled") or trace.get("error"):  # cancelled: stopped by ``should_stop``
         return chunk, True, None
     return chunk, None, outcome_of_trace(chunk.run_id, trace)
 
 
 def run_campaign(journal: Journal, worker, *, storage, chunk_size: int,
-                 on_progress: Callable[[str, dict], None] | None = None) -> dict:
+                 on_progress: Callable[[str, dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict:
     """Run every open chunk of the journal, in item then slot order, and record each run as it ends.
 
-    A chunk whose run was interrupted (kill, Ctrl-C, an error) is resumed from its checkpoint with
+    A chunk whose run was interrupted (kill, Ctrl-C, an error, a stop) is resumed from its checkpoint with
     ``resume=True``; one whose run finished before the journal heard of it is recorded from its trace; a run
     that never got a checkpoint and filed nothing is replaced by a new one. An exception stops the campaign
     (the run's trace and the journal say where); the next call continues from there.
 
+    Args:
+        should_stop: asked before every chunk and, inside a run, after every graph step; when it answers true the
+            campaign stops there: the images filed so far stay, the stopped run stays open in the journal (the
+            next call resumes it) and the result says ``cancelled``.
+
     Returns:
         ``counts`` (the journal's slots per state at the end), ``runs`` (runs started or resumed here),
-        ``resumed`` (of them, continued from a checkpoint), ``recorded`` (finished runs only recorded here).
+        ``resumed`` (of them, continued from a checkpoint), ``recorded`` (finished runs only recorded here),
+        ``cancelled`` (``should_stop`` stopped it).
     """
+    from clinisynth.agents.runner import CANCELLED
     from clinisynth.agents.planner import PlanError
 
     notify = on_progress or (lambda event, info: None)
@@ -212,8 +220,11 @@ def run_campaign(journal: Journal, worker, *, storage, chunk_size: int,
     counts = journal.counts()
     decided = counts["stored"] + counts["given_up"]
     notify("campaign", {"total": counts["total"], "done": decided, "items": len(items)})
-    ran = Counter()
+    ran, cancelled = Counter(), False
     for chunk in journal.open_chunks(chunk_size):
+        if should_stop is not None and should_stop():
+            cancelled = True
+            break
         item = chunk.item
         notify("item", {"item": item.key, "label": item.label, "count": item.count, "done": done_by_item[item.item]})
         chunk, resume, outcome = _settle(chunk, journal=journal, storage=storage)
@@ -228,24 +239,30 @@ def run_campaign(journal: Journal, worker, *, storage, chunk_size: int,
                                     "campaign_done": decided + stored_now[0]})
 
             started = time.perf_counter()
+            notify("run", {"item": item.key, "run_id": chunk.run_id, "resume": bool(resume)})
             try:
-                outcome = worker.run(chunk, resume=bool(resume), on_progress=forward)
+                outcome = worker.run(chunk, resume=bool(resume), on_progress=forward, should_stop=should_stop)
             except PlanError as error:
                 if not resume or any(r.get("run_id") == chunk.run_id for r in storage.read_metadata()):
                     raise
                 # Killed before its first checkpoint: nothing was drawn or filed; start the chunk again.
                 chunk = journal.start_run(journal.abandon_run(chunk, f"not resumable: {error}"), _fresh_run_id())
-                outcome = worker.run(chunk, resume=False, on_progress=forward)
+                notify("run", {"item": item.key, "run_id": chunk.run_id, "resume": False})
+                outcome = worker.run(chunk, resume=False, on_progress=forward, should_stop=should_stop)
             except BaseException:
                 journal.add_wall_time(chunk.run_id, time.perf_counter() - started)
                 raise
+            if outcome.status == CANCELLED:  # stopped mid-run: it stays open in the journal, resumed next time
+                journal.add_wall_time(chunk.run_id, time.perf_counter() - started)
+                cancelled = True
+                break
         journal.finish_run(chunk, status=outcome.status, stored=outcome.stored, seconds=outcome.seconds)
         done_by_item[item.item] += chunk.n
         decided += chunk.n
         notify("chunk", {"item": item.key, "done": done_by_item[item.item], "count": item.count,
                          "campaign_done": decided, "run_id": chunk.run_id, "status": outcome.status})
     return {"counts": journal.counts(), "runs": ran["new"] + ran["resumed"], "resumed": ran["resumed"],
-            "recorded": ran["recorded"]}
+            "recorded": ran["recorded"], "cancelled": cancelled}
 
 
 def _fresh_run_id() -> str:

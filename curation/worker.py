@@ -69,8 +69,10 @@ class InProcessWorker:
         self.adapters_of = adapters_of
         self.adapters_dir = adapters_dir
 
-    def run(self, chunk: Chunk, *, resume: bool, on_progress: Callable[[str, dict], None] | None = None) -> Outcome:
-        """Run (or, with ``resume``, continue) the chunk's generation run ``chunk.run_id``."""
+    def run(self, chunk: Chunk, *, resume: bool, on_progress: Callable[[str, dict], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Outcome:
+        """Run (or, with ``resume``, continue) the chunk's generation run ``chunk.run_id``; ``should_stop`` as in
+        :func:`clinisynth.agents.runner.run_generation` (a stopped run's status is ``cancelled``)."""
         from clinisynth.agents.runner import run_generation
         from clinisynth.curation.adapters import use_campaign_adapters
 
@@ -84,5 +86,5 @@ class InProcessWorker:
             request=chunk.item.description, n_images=chunk.n, seed=chunk.seed, steps=self.settings.steps,
             guidance=self.settings.guidance, max_rounds=self.settings.max_rounds, best_of=self.settings.best_of,
             profile=self.settings.profile, run_id=chunk.run_id, resume=resume, on_progress=on_progress,
-            adapters=None if resume else record)
+            adapters=None if resume else record, should_stop=should_stop, exact_seed=True)
         return outcome_of_trace(result.run_id, result.trace, seconds=time.perf_counter() - started)

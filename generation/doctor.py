@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from clinisynth.generation import owner
-from clinisynth.generation.files import write_atomically
+from clinisynth.generation.files import move_durably, write_atomically
 from clinisynth.generation.health import QUARANTINE_DIR, _INDEXED, _lines, inspect_dataset, read_counters
 from clinisynth.generation.storage import (COUNTERS_NAME, MANIFEST_COLUMNS, MANIFEST_NAME, METADATA_NAME, PENDING_NAME,
                                            RUNS_DIR, SEEDS_NAME, TRACE_NAME, OrderedStorage, StorageError,
@@ -56,8 +56,7 @@ class _Quarantine:
 
     def move(self, path: Path, why: str) -> None:
         target = self.folder / (path.relative_to(self.root).as_posix() + QUARANTINE_SUFFIX)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(path, target)  # same file system: the bytes are kept as they were
+        move_durably(path, target)  # same file system: the bytes are kept as they were
         self.actions.append(f"moved {path.relative_to(self.root)} to {target.relative_to(self.root)} ({why})")
 
     def keep_lines(self, name: str, lines: list[bytes], why: str) -> None:

@@ -87,6 +87,23 @@ def fsync_dir(directory: Path) -> None:
         os.close(descriptor)
 
 
+def move_durably(source: Path, target: Path) -> Path:
+    """Move ``source`` to ``target`` on the same file system (a rename: the bytes are kept as they are), with
+    both folders synced, so that after a crash the file is in exactly one of the two places.
+
+    Raises:
+        FileExistsError: ``target`` exists (nothing is overwritten).
+    """
+    source, target = Path(source), Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} exists; not overwriting it with {source}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(source, target)
+    fsync_dir(target.parent)
+    fsync_dir(source.parent)
+    return target
+
+
 def write_atomically(path: Path, data: bytes | str, *, mode: int | None = None) -> Path:
     """Write ``data`` (``str`` as UTF-8) to a temporary file beside ``path``, fsync it, rename it over ``path``
     and fsync the folder: a reader sees the old file or the new one, whole, never a part.

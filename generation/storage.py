@@ -440,7 +440,8 @@ class OrderedStorage:
         back (a resumed run keeps its seeds).
 
         Args:
-            keep: take ``seed`` as it is, free or not (a run resumed from a checkpoint made before reservations).
+            keep: take ``seed`` as it is, free or not (a run resumed from a checkpoint made before reservations,
+                or a campaign slot seed: see ``run_generation(exact_seed=...)``).
 
         Returns:
             the :class:`SeedReservation`, also appended to ``OUT/.clinisynth_seeds.jsonl``.

@@ -162,12 +162,12 @@ def test_a_campaign_over_the_total_limit_is_refused(tmp_path, monkeypatch):
 class RecordingWorker:
     """Stands in for the loaded models: gives up every slot, and remembers what it was asked."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, status="failed"):
+        self.calls, self.status = [], status
 
-    def run(self, chunk, *, resume, on_progress=None):
+    def run(self, chunk, *, resume, on_progress=None, should_stop=None):
         self.calls.append((chunk.item.key, chunk.first_slot, chunk.n, chunk.seed, chunk.run_id, resume))
-        return Outcome(run_id=chunk.run_id, status="failed", stored={})
+        return Outcome(run_id=chunk.run_id, status=self.status, stored={})
 
 
 def _journal(tmp_path: Path, counts=(3, 2)) -> Journal:
@@ -197,8 +197,26 @@ def test_a_started_chunk_keeps_its_run_and_a_finished_unrecorded_run_is_read_fro
     assert [(c[4], c[5]) for c in worker.calls] == [("run-a", False), (worker.calls[1][4], False)]
     assert worker.calls[1][4] not in ("run-a", "run-b") and never_created.n == 2 and finished.n == 1
     assert result == {"counts": {"pending": 0, "running": 0, "stored": 1, "given_up": 4, "total": 5}, "runs": 2,
-                      "resumed": 0, "recorded": 1}
+                      "resumed": 0, "recorded": 1, "cancelled": False}
     assert journal.stored_files() == [(1, 2, "chest_xray/normal/normal_000007.png")]
+
+
+def test_a_stop_before_a_chunk_or_inside_a_run_leaves_the_rest_open_for_the_next_call(tmp_path):
+    storage = OrderedStorage(tmp_path)
+    journal = _journal(tmp_path)
+    stopped = run_campaign(journal, RecordingWorker(), storage=storage, chunk_size=2, should_stop=lambda: True)
+    assert stopped["cancelled"] and stopped["runs"] == 0 and journal.counts()["pending"] == 5
+
+    cancelling = RecordingWorker(status="cancelled")  # the run stopped at a graph step
+    result = run_campaign(journal, cancelling, storage=storage, chunk_size=2, should_stop=lambda: False)
+    assert result["cancelled"] and len(cancelling.calls) == 1
+    assert journal.counts() == {"pending": 3, "running": 2, "stored": 0, "given_up": 0, "total": 5}
+    stopped_run = cancelling.calls[0][4]
+    storage.write_trace(stopped_run, {"run_id": stopped_run, "status": "cancelled", "attempts": []})
+    resumed = RecordingWorker()
+    assert not run_campaign(journal, resumed, storage=storage, chunk_size=2)["cancelled"]
+    assert resumed.calls[0][4:] == (stopped_run, True)  # the stopped run is continued, not replaced
+    assert journal.counts()["given_up"] == 5
 
 
 def test_a_journal_that_is_not_one_is_refused(tmp_path):

@@ -34,10 +34,10 @@ class QueuedClassifier:
         return np.asarray(rows)
 
 
-def run(planner, out, generator, *, verifier=None, n=2, best_of=1, max_rounds=3, seed=100):
+def run(planner, out, generator, *, verifier=None, n=2, best_of=1, max_rounds=3, seed=100, exact_seed=False):
     return run_generation(planner=planner, generator=generator, storage=OrderedStorage(out), request=REQUEST,
                           n_images=n, seed=seed, steps=10, guidance=5.0, max_rounds=max_rounds, profile="scripted",
-                          verifier=verifier, best_of=best_of)
+                          verifier=verifier, best_of=best_of, exact_seed=exact_seed)
 
 
 def metadata_rows(out):
@@ -96,7 +96,8 @@ def test_duplicates_are_checked_against_images_already_in_the_dataset(planner, t
     out = tmp_path / "out"
     first = run(planner, out, ScriptedGenerator(lambda round_, seed: "good"), n=2)
     assert first.status == "complete"
-    second = run(planner, out, ScriptedGenerator(lambda round_, seed: "good"), n=2)  # same seeds, same pictures
+    # The same seeds kept (as a campaign keeps its slot seeds), so the same pictures: each is a duplicate.
+    second = run(planner, out, ScriptedGenerator(lambda round_, seed: "good"), n=2, exact_seed=True)
     duplicates = [a for a in second.trace["attempts"] if a["failure"] == "duplicate"]
     assert {a["seed"] for a in duplicates} == {100, 101}
     assert second.status == "complete"

@@ -30,6 +30,9 @@ def readme_cases() -> list[tuple[str, int]]:
     return cases
 
 
+CAMPAIGN = 'profile: tiny\nsteps: 2\nitems:\n  - description: "normal chest radiograph"\n    count: 1\n'
+
+
 def _job(client, **body):
     return client.post("/api/jobs", json={"text": REQUEST, **body})
 
@@ -50,6 +53,13 @@ CHECKS = {
     "a description over 4000 characters": lambda ctx: ctx.client.post("/api/plan", json={"text": "effusion " * 500}),
     "an empty description": lambda ctx: _job(ctx.client, text="   "),
     "an adapter given as a path": lambda ctx: _job(ctx.client, adapters=["../../etc:1"]),
+    "a campaign that is not YAML or not a mapping": lambda ctx: ctx.client.post(
+        "/api/jobs", json={"campaign": "profile: tiny\nitems: [\n"}),
+    "a campaign naming an `items_file`": lambda ctx: ctx.client.post(
+        "/api/jobs", json={"campaign": "profile: tiny\nitems_file: rows.csv\n"}),
+    "a campaign with an unknown key": lambda ctx: ctx.client.post("/api/jobs", json={"campaign": CAMPAIGN + "colour: red\n"}),
+    "a campaign job that also sets a run's field": lambda ctx: ctx.client.post("/api/jobs", json={"campaign": CAMPAIGN,
+                                                                                                 "n": 3}),
     "a body over 64 KiB": lambda ctx: ctx.client.post("/api/plan", content=b"{" + b" " * 70000 + b"}",
                                                       headers={"Content-Type": "application/json"}),
     "an unknown run id": lambda ctx: ctx.client.get("/api/runs/20261121T000000.000000Z-00000000/trace"),
@@ -70,7 +80,9 @@ FIELDS = {"an unknown field": "count", "a missing `text`": "text", "`n` outside 
           "`max_rounds` outside 1..20": "max_rounds", "a negative seed": "seed", "an empty description": "text",
           "a description over 4000 characters": "text", "an adapter given as a path": "adapters",
           "a path that leaves the output dir": "path", "a missing or wrong token": "authorization",
-          "a review decision other than approved or rejected": "decision", "malformed JSON": "body"}
+          "a review decision other than approved or rejected": "decision", "malformed JSON": "body",
+          "a campaign that is not YAML or not a mapping": "campaign", "a campaign naming an `items_file`": "campaign",
+          "a campaign with an unknown key": "campaign", "a campaign job that also sets a run's field": "n"}
 
 
 class Context:

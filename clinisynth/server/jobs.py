@@ -11,13 +11,15 @@ import asyncio
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from clinisynth.server.errors import ApiError
 
@@ -39,14 +41,16 @@ class Job:
     Args:
         id: the job id (``/api/jobs/{id}``).
         owner: the token that submitted it (``local`` without tokens), for the per-token running-job limit.
-        options: the :func:`clinisynth.api.generate` keyword arguments (``text``, ``n``, ...), or ``resume``.
-        run_id: the run it makes (chosen before it starts, so clients can follow the run at once).
+        options: the :func:`clinisynth.api.generate` keyword arguments (``text``, ``n``, ...), or ``resume``, or
+            ``campaign`` (a campaign file's text).
+        run_id: the run it makes (chosen before it starts, so clients can follow the run at once); for a campaign,
+            the run of the chunk now being generated (``None`` between runs).
     """
 
     id: str
     owner: str
     options: dict[str, Any]
-    run_id: str
+    run_id: str | None
     status: str = QUEUED
     created_at: str = field(default_factory=_now)
     started_at: str | None = None
@@ -71,7 +75,7 @@ class Job:
                     "error": self.error, "cancel_requested": self.cancel_requested.is_set(),
                     "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
                     "request": self.options.get("text"), "resume": self.options.get("resume"),
-                    "n_events": len(self.events)}
+                    "kind": "campaign" if "campaign" in self.options else "run", "n_events": len(self.events)}
 
 
 class JobManager:
@@ -140,7 +144,7 @@ class JobManager:
             if active >= self.max_running_per_token:
                 raise ApiError(429, f"this token already has {active} job(s) queued or running (the limit is "
                                     f"{self.max_running_per_token}); wait for one to finish or cancel it")
-            run_id = options.get("resume") or new_run_id()
+            run_id = None if "campaign" in options else options.get("resume") or new_run_id()
             if options.get("resume") and any(job.run_id == run_id and not job.finished for job in self.jobs.values()):
                 raise ApiError(409, f"run {run_id} is already being resumed by another job")
             job = Job(id=uuid.uuid4().hex[:16], owner=owner, options=options, run_id=run_id)
@@ -177,7 +181,7 @@ class JobManager:
 
     def active_run_ids(self) -> set[str]:
         with self._lock:
-            return {job.run_id for job in self.jobs.values() if not job.finished}
+            return {job.run_id for job in self.jobs.values() if not job.finished and job.run_id is not None}
 
     # Events -------------------------------------------------------------------------------------------------
 
@@ -221,6 +225,9 @@ class JobManager:
         with job.lock:
             job.status, job.started_at = RUNNING, _now()
         self._publish(job, "status", {"status": RUNNING, "run_id": job.run_id})
+        if "campaign" in job.options:
+            self._run_campaign(job)
+            return
 
         def on_progress(event: str, info: dict) -> None:
             with job.lock:
@@ -249,6 +256,47 @@ class JobManager:
                 job.stored = list(result.stored)
             self._finish(job, result.status, error=result.trace.get("error"))
 
+    def _run_campaign(self, job: Job) -> None:
+        """A campaign job: ``clinisynth.curate`` into the output dir; submitting the same campaign again resumes it."""
+        from clinisynth.campaigns import curate
+        from clinisynth.cli.errors import user_error_types
+        from clinisynth.curation.journal import Journal, journal_path
+        from clinisynth.generation.storage import OrderedStorage
+
+        def on_progress(event: str, info: dict) -> None:
+            with job.lock:
+                if event == "campaign":
+                    job.progress = {"done": info.get("done"), "total": info.get("total")}
+                elif event in ("slot", "chunk"):
+                    job.progress = {**job.progress, "done": info.get("campaign_done"), "item": info.get("item")}
+                elif event == "run":
+                    job.run_id = info.get("run_id")
+                elif event == "planned":
+                    job.progress = {"planned": info.get("done"), "to_plan": info.get("total")}
+            self._publish(job, event, dict(info))
+
+        settings = self.settings if self.profile is None else self.settings.model_copy(update={"profile": self.profile})
+        try:
+            with campaign_file(job.options["campaign"]) as path:
+                result = curate(path, out=self.out, settings=settings, on_progress=on_progress,
+                                should_stop=job.cancel_requested.is_set)
+        except user_error_types() as error:
+            lines = str(error).strip().splitlines()
+            self._finish(job, ERROR, error=lines[0] if lines else type(error).__name__)
+        except Exception as error:  # noqa: BLE001 - a bug in a campaign must not end the worker
+            log.exception("job %s failed", job.id)
+            self._finish(job, ERROR, error=f"internal error ({type(error).__name__}); the server log has the details")
+        else:
+            with Journal.open(journal_path(self.out), read_only=True) as journal:
+                runs = {run["run_id"] for run in journal.runs()}
+            # Read from the dataset, not the journal's slots: a cancelled run's images are filed, its chunk still open.
+            stored = [row["file_name"] for row in OrderedStorage(self.out).read_metadata() if row.get("run_id") in runs]
+            with job.lock:
+                job.stored, job.run_id = stored, None
+                job.progress = {**job.progress, "counts": dict(result.counts)}
+            status = CANCELLED if result.cancelled else "complete" if result.counts["given_up"] == 0 else "partial"
+            self._finish(job, status, error=None)
+
     def _finish(self, job: Job, status: str, *, error: str | None) -> None:
         with job.lock:
             job.status, job.error, job.finished_at = status, error, _now()
@@ -261,3 +309,27 @@ def process_is_this_one(trace: dict) -> bool:
 
     process = trace.get("process") or {}
     return process.get("pid") == os.getpid() and process.get("host") == socket.gethostname()
+
+
+@contextmanager
+def campaign_file(text: str) -> Iterator[Path]:
+    """``text`` as ``campaign.yaml`` in a private temporary folder (errors name the file ``campaign.yaml``)."""
+    with tempfile.TemporaryDirectory(prefix="clinisynth-campaign-") as folder:
+        path = Path(folder) / "campaign.yaml"
+        path.write_text(text, encoding="utf-8")
+        yield path
+
+
+def check_campaign_text(text: str) -> None:
+    """Refuse a campaign job whose file is wrong (unknown keys, types, counts) before it is queued.
+
+    Raises:
+        ApiError: 422 naming ``campaign`` with the campaign check's own message (its line numbers).
+    """
+    from clinisynth.curation.spec import CampaignError, load_campaign
+
+    with campaign_file(text) as path:
+        try:
+            load_campaign(path)  # inline items only (the schema refuses items_file), so no row is left to check
+        except CampaignError as error:
+            raise ApiError(422, f"campaign: {str(error).strip()}", field="campaign") from None

@@ -10,7 +10,8 @@ from fastapi.responses import StreamingResponse
 
 from clinisynth.server.deps import caller, jobs
 from clinisynth.server.errors import ApiError
-from clinisynth.server.schemas import JobRequest
+from clinisynth.server.jobs import check_campaign_text
+from clinisynth.server.schemas import RUN_ONLY_FIELDS, JobRequest
 
 router = APIRouter(prefix="/api/jobs", dependencies=[Depends(caller)])
 
@@ -20,7 +21,17 @@ KEEPALIVE_S = 15.0
 
 @router.post("", status_code=202)
 def submit(body: JobRequest, request: Request, owner: str = Depends(caller), manager=Depends(jobs)) -> dict:
-    """Queue a generation job; answers its ``id`` and the ``run_id`` it will write."""
+    """Queue a run or a campaign; answers the job's ``id`` and, for a run, the ``run_id`` it will write."""
+    if body.campaign is not None:
+        for name in RUN_ONLY_FIELDS:
+            if name in body.model_fields_set:
+                raise ApiError(422, f"{name} is set by the campaign file in a campaign job; leave it out", field=name)
+        check_campaign_text(body.campaign)
+        job = manager.submit(owner=owner, options={"campaign": body.campaign})
+        return {"id": job.id, "run_id": None, "status": job.status}
+    if body.text is None:
+        raise ApiError(422, "missing field 'text': give text (a run) or campaign (a campaign file's YAML)",
+                       field="text")
     settings = request.app.state.settings
     if len(body.text) > settings.max_request_chars:
         raise ApiError(422, f"text is {len(body.text)} characters, over the limit of {settings.max_request_chars}; "

@@ -13,6 +13,10 @@ MAX_TEXT_CHARS = 4000
 #: Most images one job may ask for over the API (the CLI's ``max_images`` applies as well).
 MAX_JOB_IMAGES = 64
 MAX_COMMENT_CHARS = 2000
+#: Longest campaign file (YAML text) a job may carry.
+MAX_CAMPAIGN_CHARS = 64_000
+#: What a campaign job may not set: the campaign file says them.
+RUN_ONLY_FIELDS = ("text", "n", "seed", "steps", "guidance", "max_rounds", "best_of", "adapters")
 
 
 class _Strict(BaseModel):
@@ -38,14 +42,37 @@ class PlanRequest(_Strict):
 
 
 class JobRequest(PlanRequest):
-    """``POST /api/jobs``: what :func:`clinisynth.api.generate` takes, bounded for a shared server."""
+    """``POST /api/jobs``: a run (what :func:`clinisynth.api.generate` takes, bounded for a shared server) or a
+    campaign (the text of a campaign file, run by :func:`clinisynth.curate` into the server's output dir)."""
 
+    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS,
+                             description="free-text clinical description (a run; not with campaign)")
+    campaign: str | None = Field(default=None, max_length=MAX_CAMPAIGN_CHARS,
+                                 description="a campaign file's YAML, items inline (a campaign; not with text)")
     n: int = Field(default=4, ge=1, le=MAX_JOB_IMAGES, description="accepted images wanted")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                             description="base seed (unset: a fresh one is drawn, as the CLI does)")
     steps: int | None = Field(default=None, ge=1, le=1000, description="sampler steps (profile default when unset)")
     guidance: float | None = Field(default=None, ge=0.0, le=30.0)
     max_rounds: int | None = Field(default=None, ge=MIN_ROUNDS, le=MAX_ROUNDS)
     best_of: int | None = Field(default=None, ge=MIN_BEST_OF, le=MAX_BEST_OF)
+
+    @field_validator("campaign")
+    @classmethod
+    def _inline_campaign(cls, text: str | None) -> str | None:
+        import yaml
+
+        if text is None:
+            return None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError("a campaign file is a YAML mapping (profile, seed, items, ...)")
+        if "items_file" in loaded:
+            raise ValueError("items_file names a file on the server; list the items inline under items")
+        return text
 
 
 class ReviewRequest(_Strict):
