@@ -4,7 +4,12 @@ Both sample the same prompt, seeds, steps, guidance and batch, with the same tex
 on, 128 tokens), VAE, U-Net and scheduler, alternating in one process so machine load hits both alike.
 
     python benchmarks/bench_generation.py [--profile tiny|demo] [--n 8] [--batch 4] [--steps 20] [--rounds 5]
-        [--device cpu|cuda] [--dtype float32|float16]
+        [--device cpu|cuda] [--dtype float32|float16] [--generator DIR] [--adapter DIR]
+        [--baseline-generator DIR]
+
+``--generator`` replaces the demo profile's generator folder; ``--adapter`` loads a LoRA adapter into the U-Net
+both contenders share (so both run with it); ``--baseline-generator`` also times clinisynth on a second generator
+folder in the same rounds (e.g. the 64 px v1 model against the 128 px v2).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--generator", type=Path, default=None, help="demo generator folder to use instead")
+    parser.add_argument("--adapter", type=Path, default=None, help="LoRA adapter folder to load")
+    parser.add_argument("--baseline-generator", type=Path, default=None, help="also time this generator folder")
     args = parser.parse_args()
 
     import torch
@@ -42,8 +50,15 @@ def main() -> None:
     from clinisynth.generation.profiles import resolve_profile
 
     cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="bench-gen-"))
-    profile = resolve_profile(args.profile, cache_dir=cache_dir)
-    ours = Generator.from_profile(profile, device=args.device, dtype=args.dtype)
+    overrides = {"demo_generator": str(args.generator)} if args.generator else {}
+    profile = resolve_profile(args.profile, cache_dir=cache_dir, overrides=overrides)
+    ours = Generator.from_profile(profile, device=args.device, dtype=args.dtype,
+                                  adapters=[args.adapter] if args.adapter else None)
+    baseline = None
+    if args.baseline_generator:
+        baseline_profile = resolve_profile("demo", cache_dir=cache_dir,
+                                           overrides={"demo_generator": str(args.baseline_generator)})
+        baseline = Generator.from_profile(baseline_profile, device=args.device, dtype=args.dtype)
     # The bare pipeline: the very same modules, diffusers' own prompt encoding (mask on, same token length).
     ours.text_encoder.config.use_attention_mask = True
     ours.tokenizer.model_max_length = profile.max_length
@@ -70,19 +85,35 @@ def main() -> None:
                      generator=[torch.Generator("cpu").manual_seed(s) for s in batch])
         return time.perf_counter() - began
 
+    def run_baseline() -> float:
+        began = time.perf_counter()
+        baseline.generate(prompt=PROMPT, negative_prompt="", seeds=seeds, steps=args.steps, guidance=3.0,
+                          batch_size=args.batch)
+        return time.perf_counter() - began
+
     run_ours(), run_bare()  # warm-up
-    ours_times, bare_times = [], []
+    if baseline is not None:
+        run_baseline()
+    ours_times, bare_times, baseline_times = [], [], []
     for _ in range(args.rounds):
         ours_times.append(run_ours())
         bare_times.append(run_bare())
+        if baseline is not None:
+            baseline_times.append(run_baseline())
     ours_ips = args.n / statistics.median(ours_times)
     bare_ips = args.n / statistics.median(bare_times)
+    extra = {}
+    if baseline is not None:
+        baseline_ips = args.n / statistics.median(baseline_times)
+        extra = {"baseline_generator": str(args.baseline_generator), "baseline_resolution": baseline.resolution,
+                 "baseline_images_per_s": round(baseline_ips, 3),
+                 "images_per_s_vs_baseline": round(ours_ips / baseline_ips, 3)}
     print(json.dumps({
         "benchmark": "generation images/s", "profile": args.profile, "device": ours.device, "dtype": str(ours.dtype),
         "resolution": side, "steps": args.steps, "batch": args.batch, "images_per_round": args.n,
         "rounds": args.rounds, "clinisynth_images_per_s": round(ours_ips, 3),
         "bare_diffusers_images_per_s": round(bare_ips, 3), "ratio": round(ours_ips / bare_ips, 3),
-        "machine": machine(),
+        "adapters": [entry["name"] for entry in ours.adapters], **extra, "machine": machine(),
     }, indent=2))
 
 

@@ -1,12 +1,20 @@
 """How faithful the demo generator is before any verification: raw samples, not the verified ones a run stores.
 
-For each class it draws N images prompted exactly as a run prompts them (the planner's prompt, and the plan's
-negative prompt or an empty one), then reports the shipped chest X-ray classifier's agreement with the class
-asked for (the same classifier on real held-out images is the ceiling: its card's recall per class), the mean
-label probability, and the nearest-training-image similarity (32 px thumbnails, the verifier's memorisation
-embedding) against the raw training images in ``../shared/data``. Writes a contact sheet of the first images.
+For each class it draws N images prompted exactly as a run prompts them (the planner's prompt and negative prompt,
+and the adapters the run path would choose from the adapters folder for that plan), then reports, with the shipped
+classifier of the class's modality: agreement with the class asked for (its recall on real held-out images, in its
+card, is the ceiling), the mean label probability, and the Frechet distance in the classifier's features between
+the N samples and the held-out real images of the class, against the floor: the same distance for N real training
+images of the class. Nearest-training similarity and the memorisation rate come from the generator's shipped
+memorisation index (what the verifier uses), at the verifier's threshold. With ``--compare-adapters`` every class
+an adapter is chosen for is drawn again without it, same seeds. Writes a contact sheet per class.
 
-    python benchmarks/demo_quality.py [--n 64] [--steps 25] [--negative plan|empty] [--sheet demo_samples.png]
+    python benchmarks/demo_quality.py [--n 48] [--generator DIR] [--adapters-dir DIR] [--compare-adapters]
+        [--heldout chest_xray=DIR@validation --heldout brain_mri=DIR ...] [--train chest_xray=DIR ...]
+        [--sheets DIR] [--json OUT] [--classes chest_xray/normal,...]
+
+``MODALITY=DIR`` is a prepared dataset (manifest.csv) and its rows of that modality; ``DIR@validation`` the rows
+the trainers held out of it (the same grouped, stratified 5 % split, seed 0).
 """
 
 from __future__ import annotations
@@ -21,71 +29,156 @@ import numpy as np
 from _common import machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-REQUESTS = {"normal": "normal chest radiograph", "pneumonia": "right lower lobe pneumonia, PA chest radiograph"}
+
+#: class -> the description a user would type for it.
+REQUESTS = {
+    "chest_xray/normal": "normal chest radiograph",
+    "chest_xray/pneumonia": "right lower lobe pneumonia, PA chest radiograph",
+    "brain_mri/glioma": "glioma, axial T1 post-contrast brain MRI",
+    "brain_mri/meningioma": "meningioma, axial T1 post-contrast brain MRI",
+    "brain_mri/pituitary_adenoma": "pituitary adenoma, sagittal T1 post-contrast brain MRI",
+    "brain_mri/normal": "normal brain MRI",
+    "breast_ultrasound/benign": "benign breast mass on ultrasound",
+    "breast_ultrasound/malignant": "malignant breast mass on breast ultrasound",
+}
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        modality, _, where = value.partition("=")
+        if not where:
+            raise SystemExit(f"error: {value!r} is not MODALITY=DIR")
+        pairs[modality] = where
+    return pairs
+
+
+def real_images(where: str, *, modality: str) -> dict[str, list]:
+    """label -> PIL images of ``modality`` in a prepared dataset (``DIR`` or ``DIR@validation``)."""
+    from PIL import Image
+
+    from clinisynth.training.data import read_manifest, split_records
+
+    folder, _, part = where.partition("@")
+    records = read_manifest(Path(folder), modality=f"modality.{modality}")
+    if part == "validation":
+        records = split_records(records, validation_fraction=0.05, seed=0)[1]
+    by_label: dict[str, list] = {}
+    for record in records:
+        with Image.open(record.path) as image:
+            by_label.setdefault(record.label, []).append(image.convert("L").copy())
+    return by_label
+
+
+def evaluate_class(images, *, label: str, classifier, heldout, train, index, threshold: float, seed: int) -> dict:
+    from clinisynth.evaluation.metrics import frechet_distance
+
+    probabilities = classifier.predict_proba(images)
+    wanted = classifier.labels.index(label)
+    # Agreement: the classifier's most probable class is the one asked for (several classes per modality).
+    row = {"agreement": round(float((probabilities.argmax(axis=1) == wanted).mean()), 3),
+           "mean_label_probability": round(float(probabilities[:, wanted].mean()), 3)}
+    if heldout:
+        features = classifier.features(images)
+        held = classifier.features(heldout)
+        row["fd"] = round(frechet_distance(features, held), 3)
+        if train and len(train) >= len(images):
+            pick = np.random.default_rng(seed).choice(len(train), size=len(images), replace=False)
+            row["fd_floor"] = round(frechet_distance(classifier.features([train[i] for i in pick]), held), 3)
+            row["fd_over_floor"] = round(row["fd"] / row["fd_floor"], 2) if row["fd_floor"] > 0 else None
+        row["heldout_images"] = len(heldout)
+    if index is not None:
+        from clinisynth.evaluation.memorisation import ThumbnailEmbedder
+
+        nearest = np.array([n.similarity for n in index.nearest(ThumbnailEmbedder()(images))])
+        row.update(nearest_training_similarity_median=round(float(np.median(nearest)), 4),
+                   nearest_training_similarity_max=round(float(nearest.max()), 4),
+                   memorisation_rate=round(float((nearest >= threshold).mean()), 3))
+    return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=64, help="images per class")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=48, help="images per class")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the generator's)")
-    parser.add_argument("--negative", choices=("plan", "empty"), default="plan")
     parser.add_argument("--generator", type=Path, default=None, help="generator dir (default: the shipped one)")
-    parser.add_argument("--sheet", type=Path, default=None, help="contact sheet PNG of 8 images per class")
+    parser.add_argument("--adapters-dir", type=Path, default=None, help="adapters folder (default: the shipped one)")
+    parser.add_argument("--compare-adapters", action="store_true", help="also draw each class without its adapter")
+    parser.add_argument("--classes", default=None, help="comma-separated modality/label (default: all it can draw)")
+    parser.add_argument("--heldout", action="append", default=[], help="MODALITY=DIR[@validation]: held-out real")
+    parser.add_argument("--train", action="append", default=[], help="MODALITY=DIR: real training images (floor)")
+    parser.add_argument("--sheets", type=Path, default=None, help="folder for one contact sheet per class")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = parser.parse_args()
-
-    from PIL import Image
 
     from clinisynth.api import get_planner
     from clinisynth.evaluation.classifier import load_classifier
-    from clinisynth.evaluation.memorisation import ThumbnailEmbedder
+    from clinisynth.evaluation.memorisation import DEFAULT_MEMORISATION_THRESHOLD, load_shipped_indexes
+    from clinisynth.generation.adapters import AdapterRequest
     from clinisynth.generation.pipeline import Generator
-    from clinisynth.generation.profiles import resolve_profile
-    from clinisynth.models import CLASSIFIERS_DIR
-    from clinisynth.settings import Settings
     from clinisynth.generation.plots import contact_sheet
+    from clinisynth.generation.profiles import generator_record, resolve_profile, trained_classes
+    from clinisynth.models import ADAPTERS_DIR, CLASSIFIERS_DIR
+    from clinisynth.settings import Settings
 
     settings = Settings()
     overrides = {"demo_generator": str(args.generator)} if args.generator else {}
     profile = resolve_profile("demo", cache_dir=settings.cache_dir, overrides=overrides)
     generator = Generator.from_profile(profile, device="cpu")
     planner = get_planner(settings)
-    classifier = load_classifier(CLASSIFIERS_DIR / "chest_xray")
     steps = args.steps or profile.default_steps
     guidance = profile.default_guidance if args.guidance is None else args.guidance
+    adapters_dir = args.adapters_dir or ADAPTERS_DIR
+    request_adapters = AdapterRequest([], directory=adapters_dir, directory_given=True)
+    indexes = load_shipped_indexes(profile.generator)
+    for card in request_adapters.registry.cards():
+        indexes.update({m: i for m, i in load_shipped_indexes(card.path).items() if m not in indexes})
+    heldout_of, train_of = _pairs(args.heldout), _pairs(args.train)
+    classes = args.classes.split(",") if args.classes else list(REQUESTS)
 
-    embed = ThumbnailEmbedder()
-    sources = sorted((SHARED / "chest_xray" / "train").rglob("*.jpeg"))
-    training = (np.concatenate([embed([Image.open(p) for p in sources[i:i + 512]])
-                                for i in range(0, len(sources), 512)]) if sources else None)
-
-    results, sheet, sheet_labels = {}, [], []
-    for label, request in REQUESTS.items():
-        plan = planner.plan_for_generation(request)
-        negative = plan.negative_prompt if args.negative == "plan" else ""
-        began = time.perf_counter()
-        images = [g.image for g in generator.generate(prompt=plan.prompt, negative_prompt=negative,
-                                                      seeds=list(range(args.n)), steps=steps, guidance=guidance,
-                                                      batch_size=16)]
-        seconds = time.perf_counter() - began
-        probability = classifier.predict_proba(images)[:, classifier.labels.index(label)]
-        row = {"request": request, "n": args.n, "agreement": round(float((probability >= 0.5).mean()), 3),
-               "mean_label_probability": round(float(probability.mean()), 3),
-               "images_per_s": round(args.n / seconds, 2)}
-        if training is not None:
-            nearest = (embed(images) @ training.T).max(axis=1)
-            row.update(nearest_training_similarity_median=round(float(np.median(nearest)), 4),
-                       nearest_training_similarity_max=round(float(nearest.max()), 4))
-        results[label] = row
-        sheet += images[:8]
-        sheet_labels += [label] * 8
-    if args.sheet:
-        contact_sheet(args.sheet, sheet, columns=8, labels=sheet_labels)
-    print(json.dumps({"machine": machine(), "generator": profile.generator, "steps": steps, "guidance": guidance,
-                      "negative_prompt": args.negative, "training_images": len(sources), "classes": results},
-                     indent=2))
+    results, real_cache = {}, {}
+    for name in classes:
+        modality, label = name.split("/")
+        plan = planner.plan_for_generation(REQUESTS[name])
+        if (plan.modality.id, plan.label) != (f"modality.{modality}", label):
+            raise SystemExit(f"error: {REQUESTS[name]!r} plans as {plan.modality.id} / {plan.label}, not {name}")
+        choice = request_adapters.choose(modality=plan.modality.id, label=plan.label, problem=generator.adapter_problem)
+        base_draws = label in trained_classes(generator_record(profile.generator)).get(modality, [])
+        if not base_draws and not choice.entries:
+            print(f"skip {name}: neither the base nor an adapter draws it")
+            continue
+        classifier = load_classifier(CLASSIFIERS_DIR / modality)
+        for where, store in ((heldout_of, "heldout"), (train_of, "train")):
+            if modality in where and (modality, store) not in real_cache:
+                real_cache[(modality, store)] = real_images(where[modality], modality=modality)
+        heldout = real_cache.get((modality, "heldout"), {}).get(label)
+        train = real_cache.get((modality, "train"), {}).get(label)
+        ways = [("with adapter", choice.entries)] if choice.entries else [("base", [])]
+        if choice.entries and args.compare_adapters:
+            ways.append(("without adapter", []))
+        for way, entries in ways:
+            generator.use_adapters(entries)
+            began = time.perf_counter()
+            images = [g.image for g in generator.generate(prompt=plan.prompt, negative_prompt=plan.negative_prompt,
+                                                          seeds=list(range(args.n)), steps=steps, guidance=guidance,
+                                                          batch_size=16)]
+            seconds = time.perf_counter() - began
+            row = {"request": REQUESTS[name], "way": way, "adapters": [card.name for card, _ in entries],
+                   "n": args.n, "images_per_s": round(args.n / seconds, 2)}
+            row.update(evaluate_class(images, label=label, classifier=classifier, heldout=heldout, train=train,
+                                      index=indexes.get(modality), threshold=DEFAULT_MEMORISATION_THRESHOLD, seed=0))
+            results.setdefault(name, []).append(row)
+            print(json.dumps({name: row}))
+            if args.sheets and way != "without adapter":
+                args.sheets.mkdir(parents=True, exist_ok=True)
+                contact_sheet(args.sheets / f"{modality}__{label}.png", images[:16], columns=8)
+    generator.use_adapters([])
+    report = {"machine": machine(), "generator": str(profile.generator), "adapters_dir": str(adapters_dir),
+              "steps": steps, "guidance": guidance, "classes": results}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -136,7 +136,9 @@ def test_bad_manifests_and_options_fail_before_writing(dataset, tmp_path, cache_
     with pytest.raises(ManifestError, match="no manifest.csv"):
         read_manifest(tmp_path)
     for bad, message in (({"rank": 0}, "rank"), ({"dropout": 1.5}, "dropout"),
-                         ({"target_modules": ["conv1"]}, "target_modules")):
+                         ({"target_modules": ["conv1"]}, "target_modules"),
+                         ({"caption_variants": -1}, "caption_variants must be 0"),
+                         ({"caption_variants": 3}, "caption_variants needs the knowledge base")):
         with pytest.raises(ValueError, match=message):
             train_lora(profile=profile, dataset_dir=dataset, output_dir=out, settings_overrides={"max_steps": 1},
                        **bad)
@@ -313,3 +315,28 @@ def test_text_encoder_lora_is_trained_saved_loaded_alone_and_unloaded(tmp_path, 
     generator.unload_adapters()
     restored, _ = generator.encode([CAPTIONS["pneumonia"]])
     assert torch.equal(restored, base_embeds)
+
+
+@pytest.mark.slow
+def test_caption_variants_train_on_the_run_path_wordings_of_each_class(dataset, tmp_path, cache_dir, knowledge,
+                                                                       monkeypatch):
+    import clinisynth.training.lora as lora
+
+    seen = []
+    encode = lora.encode_captions
+
+    def recording(*, captions, **kwargs):
+        seen.extend(captions)
+        return encode(captions=captions, **kwargs)
+
+    monkeypatch.setattr(lora, "encode_captions", recording)
+    profile = resolve_profile("tiny", cache_dir=cache_dir)
+    adapter = train_lora(profile=profile, dataset_dir=dataset, output_dir=tmp_path / "run", rank=2, knowledge=knowledge,
+                         caption_variants=3, num_sample_seeds=1, sample_steps=1, validation_fraction=0.25,
+                         settings_overrides={**FAST, "max_steps": 1, "checkpoint_every": 0}, log=lambda _: None)
+    manifest_texts = {row.text for row in read_manifest(dataset)}
+    trained_on = {caption for caption in seen if caption}
+    assert trained_on and not trained_on & manifest_texts  # the class wordings, not the manifest's text
+    assert 1 < len(trained_on) <= 3 * 2  # up to 3 wordings for each of the 2 labels
+    card = json.loads((adapter / "clinisynth_adapter.json").read_text())
+    assert card["data"]["caption_variants"] == 3

@@ -94,7 +94,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                target_modules=DEFAULT_TARGET_MODULES, settings_overrides: dict | None = None,
                validation_fraction: float = 0.05, class_prompt: str | None = None, num_class_images: int = 0,
                class_image_steps: int | None = None, train_text_encoder: bool = False,
-               knowledge=None, num_sample_seeds: int = 2, sample_steps: int | None = None,
+               knowledge=None, caption_variants: int = 0, num_sample_seeds: int = 2, sample_steps: int | None = None,
                guidance: float | None = None, accelerator=None, log: Callable[[str], None] = print) -> Path:
     """Train a LoRA adapter on a prepared manifest; return the adapter folder.
 
@@ -113,7 +113,10 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
         class_image_steps: sampling steps of the class images (the profile's default when ``None``).
         train_text_encoder: also train a LoRA (same rank, alpha, dropout) on the text encoder's self-attention;
             captions are then encoded every step instead of once, and the adapter carries ``text_encoder/``.
-        knowledge: knowledge base for rows without caption text.
+        knowledge: knowledge base for rows without caption text (and for ``caption_variants``).
+        caption_variants: when above 0, each image is captioned with one of up to this many wordings of its class
+            (:func:`clinisynth.training.captions.varied_captions`, as ``train scratch`` does), so the adapter
+            answers the prompts a run writes, whatever technique, side or severity they name; 0: the manifest text.
         num_sample_seeds: validation images per label.
         sample_steps, guidance: validation sampling (profile defaults when ``None``).
         accelerator: an ``accelerate.Accelerator`` (made from the settings when ``None``).
@@ -126,8 +129,13 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
     from clinisynth.generation.adapters import encoder_signature, save_adapter, unet_signature
     from clinisynth.generation.pipeline import Generator, load_components
     from clinisynth.generation.projection import make_projection
-    from clinisynth.training.captions import captions_for, typical_captions
+    from clinisynth.training.captions import captions_for, typical_captions, varied_captions
 
+    if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
+        raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
+                         f"got {caption_variants!r}")
+    if caption_variants and knowledge is None:
+        raise ValueError("caption_variants needs the knowledge base (knowledge=clinisynth.knowledge.load_knowledge())")
     out = Path(output_dir)
     settings = LoopSettings(output_dir=out, **(settings_overrides or {}))
     settings.check()
@@ -138,7 +146,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
     modalities = sorted({r.modality for r in records})
     if len(modalities) != 1:
         raise ValueError(f"an adapter is trained on one modality; the selection has {modalities}: pass modality=")
-    captions = captions_for(records, knowledge=knowledge)
+    captions = (varied_captions(records, knowledge=knowledge, max_variants=caption_variants) if caption_variants
+                else captions_for(records, knowledge=knowledge))
     caption_of = {r.path: c for r, c in zip(records, captions)}
     train_records, val_records = split_records(records, validation_fraction=validation_fraction, seed=settings.seed)
     identity = {"kind": "lora", "generator": profile.generator, "text_encoder": profile.text_encoder,
@@ -147,7 +156,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                 "rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(target_modules),
                 "resolution": profile.resolution, "max_length": profile.max_length, "seed": settings.seed,
                 "class_prompt": class_prompt, "num_class_images": num_class_images,
-                "train_text_encoder": train_text_encoder}
+                "train_text_encoder": train_text_encoder, **({"caption_variants": caption_variants} if caption_variants else {})}
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)
     if checkpoint is not None:
@@ -242,7 +251,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
             "data": {"dataset": str(Path(dataset_dir).resolve()), "manifest_sha256": identity["manifest_sha256"],
                      "train_images": n_train, "validation_images": n_val,
                      "images_per_label": dict(Counter(r.label for r in train_records)),
-                     "class_prompt": class_prompt, "class_images": num_class_images if class_prompt else 0},
+                     "class_prompt": class_prompt, "class_images": num_class_images if class_prompt else 0,
+                     "caption_variants": caption_variants},
             "metrics": {"final_train_loss": metrics["final_train_loss"],
                         "final_validation_loss": metrics["final_validation_loss"], "seconds": metrics["seconds"],
                         "trainable_parameters": n_trainable, "trainable_share": n_trainable / total,

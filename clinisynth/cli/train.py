@@ -28,6 +28,9 @@ OutOpt = Annotated[Path, typer.Option("--output", help="run folder: metrics, los
 StepsOpt = Annotated[int, typer.Option("--steps", help="optimizer steps")]
 ResumeOpt = Annotated[Optional[str], typer.Option("--resume", help="'latest' or a checkpoint folder of this run")]
 MinutesOpt = Annotated[Optional[float], typer.Option("--max-minutes", help="stop cleanly after this wall time")]
+CaptionVariantsOpt = Annotated[int, typer.Option(
+    help="caption each image with one of up to N wordings of its class (technique, side, severity, location) "
+         "instead of the manifest text; 0: the manifest text")]
 
 
 @contextlib.contextmanager
@@ -130,6 +133,7 @@ def lora(
     prior_loss_weight: Annotated[float, typer.Option(help="weight of the prior loss")] = 1.0,
     train_text_encoder: Annotated[bool, typer.Option(
         help="also train a LoRA on the text encoder's self-attention (query, key, value)")] = False,
+    caption_variants: CaptionVariantsOpt = 0,
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 100,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 100,
     resume: ResumeOpt = None,
@@ -142,6 +146,7 @@ def lora(
                        extra_outputs=((adapter_dir, "--adapter-dir"),))
     with _train_errors():
         from clinisynth.generation.profiles import resolve_profile
+        from clinisynth.knowledge import load_knowledge
         from clinisynth.settings import Settings
         from clinisynth.training.lora import train_lora
 
@@ -159,8 +164,8 @@ def lora(
             modality=modality, limit=limit, rank=rank, alpha=alpha, dropout=dropout,
             settings_overrides=overrides,
             class_prompt=class_prompt, num_class_images=num_class_images, train_text_encoder=train_text_encoder,
-            knowledge=_knowledge_if_needed(data),
-            log=typer.echo)
+            knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
+            caption_variants=caption_variants, log=typer.echo)
     typer.echo(str(path))
 
 
@@ -186,9 +191,7 @@ def scratch(
         help="share of captions replaced by the empty prompt (trains the unconditional branch of guidance)")] = 0.1,
     max_length: Annotated[int, typer.Option(help="caption token length (kept for inference)")] = 64,
     channels: Annotated[str, typer.Option(help="U-Net block widths, comma-separated (multiples of 16)")] = "32,64,64",
-    caption_variants: Annotated[int, typer.Option(
-        help="caption each image with one of up to N wordings of its class (technique, side, severity, "
-             "location) instead of the manifest text; 0: the manifest text")] = 0,
+    caption_variants: CaptionVariantsOpt = 0,
     balance_classes: Annotated[bool, typer.Option(
         help="draw every (modality, label) class equally often, not every image")] = False,
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 200,
