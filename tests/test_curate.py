@@ -340,8 +340,10 @@ def _env(cache_dir: Path) -> dict:
 
 def _drill(campaign: Path, out: Path, where: str, after: int, cache_dir: Path, *options: str
            ) -> subprocess.CompletedProcess:
+    # Run outside the checkout: from its root, ``import clinisynth`` (here, or in a Ray worker started from here)
+    # would find the source folder ./clinisynth instead of the installed package.
     return subprocess.run([sys.executable, str(DRILL), str(campaign), str(out), where, str(after), *options],
-                          env=_env(cache_dir), capture_output=True, text=True, timeout=600)
+                          env=_env(cache_dir), capture_output=True, text=True, timeout=600, cwd=campaign.parent)
 
 
 def _campaign_state(out: Path) -> dict[tuple[int, int], tuple[str, int]]:

@@ -51,6 +51,14 @@ def in_process(cache_dir, tmp_path_factory):
     return folder / "out"
 
 
+@pytest.fixture(autouse=True)
+def outside_the_checkout(tmp_path, monkeypatch):
+    """Ray starts its workers in the driver's working directory and puts it on their ``sys.path``: from the
+    checkout's root, ``import clinisynth`` there would find the source folder ./clinisynth, not the installed
+    package (as it would for a user who runs ``clinisynth curate`` inside a source checkout)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture()
 def no_ray_left():
     yield

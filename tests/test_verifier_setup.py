@@ -147,6 +147,6 @@ def test_the_shipped_demo_generator_carries_the_index_of_its_training_split():
 
     record = json.loads((DEMO_GENERATOR_DIR / GENERATOR_RECORD).read_text())
     indexes = load_shipped_indexes(DEMO_GENERATOR_DIR)
-    assert set(indexes) == {"chest_xray"}
-    assert len(indexes["chest_xray"]) == record["data"]["train_images"]
-    assert indexes["chest_xray"].embedder_name == "thumbnail-32"
+    assert set(indexes) == {"chest_xray", "brain_mri"}
+    assert sum(len(index) for index in indexes.values()) == record["data"]["train_images"]
+    assert all(index.embedder_name == "thumbnail-32" for index in indexes.values())
