@@ -199,15 +199,11 @@ def run_campaign_on_workers(journal: Journal, pool: WorkerPool, *, storage, chun
         ``workers`` (each worker's pid, host, device, memory and chunks at the end).
     """
     from clinisynth.curation.remote import ChunkWork, conflicts, file_result, load_known_images
-    from clinisynth.curation.scheduler import _settle
+    from clinisynth.curation.scheduler import _settle, announce_campaign
 
     ray = pool.ray
     notify = on_progress or (lambda event, info: None)
-    items = {item.item: item for item in journal.items()}
-    done_by_item = Counter(slot["item"] for slot in journal.slots() if slot["state"] in ("stored", "given_up"))
-    counts = journal.counts()
-    decided = counts["stored"] + counts["given_up"]
-    notify("campaign", {"total": counts["total"], "done": decided, "items": len(items)})
+    done_by_item, decided = announce_campaign(journal, notify)
     chunks = journal.open_chunks(chunk_size)
     known = load_known_images(storage, sorted({chunk.item.modality for chunk in chunks}), embed=pool.embed) \
         if chunks else None

@@ -191,6 +191,15 @@ def _settle(chunk: Chunk, *, journal: Journal, storage) -> tuple[Chunk, bool | N
     return chunk, None, outcome_of_trace(chunk.run_id, trace)
 
 
+def announce_campaign(journal: Journal, notify: Callable[[str, dict], None]) -> tuple[Counter, int]:
+    """Slots decided so far (stored or given up), per item number and in all; sends the ``campaign`` event."""
+    done_by_item = Counter(slot["item"] for slot in journal.slots() if slot["state"] in ("stored", "given_up"))
+    counts = journal.counts()
+    decided = counts["stored"] + counts["given_up"]
+    notify("campaign", {"total": counts["total"], "done": decided, "items": len(journal.items())})
+    return done_by_item, decided
+
+
 def run_campaign(journal: Journal, worker, *, storage, chunk_size: int,
                  on_progress: Callable[[str, dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict:
@@ -215,11 +224,7 @@ def run_campaign(journal: Journal, worker, *, storage, chunk_size: int,
     from clinisynth.agents.planner import PlanError
 
     notify = on_progress or (lambda event, info: None)
-    items = {item.item: item for item in journal.items()}
-    done_by_item = Counter(slot["item"] for slot in journal.slots() if slot["state"] in ("stored", "given_up"))
-    counts = journal.counts()
-    decided = counts["stored"] + counts["given_up"]
-    notify("campaign", {"total": counts["total"], "done": decided, "items": len(items)})
+    done_by_item, decided = announce_campaign(journal, notify)
     ran, cancelled = Counter(), False
     for chunk in journal.open_chunks(chunk_size):
         if should_stop is not None and should_stop():

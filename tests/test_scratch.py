@@ -183,3 +183,33 @@ def test_vae_trains_on_crops_and_refuses_a_crop_off_its_grid(built, tmp_path):
         train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "bad", resolution=32,
                   channels=(16, 16, 16, 16), crop=12, max_steps=1, log=lambda _: None)
     assert not (tmp_path / "bad").exists()
+
+
+def test_init_unet_starts_from_a_saved_generator_and_refuses_another_shape(built, tmp_path):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    common = {"dataset_dir": built["dataset"], "vae_dir": built["vae"], "text_encoder": str(packaged_minilm_dir()),
+              "max_length": 32, "num_sample_seeds": 1, "sample_steps": 2, "log": lambda _: None}
+    # A learning rate near 0: the saved weights stay those it started from, not a fresh random U-Net's.
+    warm = train_scratch(output_dir=tmp_path / "warm_run", pipeline_dir=tmp_path / "warm", channels=(16, 32),
+                         init_unet=built["pipeline"], **common,
+                         settings_overrides={"max_steps": 1, "batch_size": 4, "validation_every": 0,
+                                             "learning_rate": 1e-9, "ema_decay": None})
+    before = UNet2DConditionModel.from_pretrained(str(built["pipeline"] / "unet")).state_dict()
+    after = UNet2DConditionModel.from_pretrained(str(warm / "unet")).state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    record = json.loads((warm / "clinisynth_generator.json").read_text())
+    assert record["init_unet"] == {"path": str(built["pipeline"].resolve()), "steps": 2,
+                                   "seconds": json.loads((built["pipeline"] / "clinisynth_generator.json")
+                                                         .read_text())["metrics"]["seconds"]}
+    assert "warm start: the U-Net began from" in (warm / "README.md").read_text()
+
+    with pytest.raises(ValueError, match=r"block_out_channels is \[16, 32\] there, \[32, 32\] here"):
+        train_scratch(output_dir=tmp_path / "wide_run", pipeline_dir=tmp_path / "wide", channels=(32, 32),
+                      init_unet=built["pipeline"], settings_overrides={"max_steps": 1}, **common)
+    with pytest.raises(FileNotFoundError, match="no U-Net there"):
+        train_scratch(output_dir=tmp_path / "none_run", channels=(16, 32), init_unet=tmp_path,
+                      settings_overrides={"max_steps": 1}, **common)
+    assert not (tmp_path / "wide_run").exists() and not (tmp_path / "wide").exists()
+    assert not (tmp_path / "none_run").exists()

@@ -3,10 +3,8 @@ Their bad input is in test_server_bad_input.py, with the README's list."""
 
 from __future__ import annotations
 
-import pytest
-from fastapi.testclient import TestClient
-
-from _server_helpers import cancel_on, follow, make_app
+from _server_helpers import cancel_on, follow
+from test_server import client, out  # noqa: F401 - the same fixtures: a tiny-profile app on a fresh output dir
 
 CAMPAIGN = """profile: tiny
 seed: 7
@@ -18,17 +16,6 @@ items:
   - description: "normal chest radiograph"
     count: 2
 """
-
-
-@pytest.fixture
-def out(tmp_path):
-    return tmp_path / "out"
-
-
-@pytest.fixture
-def client(out, cache_dir):
-    with TestClient(make_app(out, cache_dir)) as client:
-        yield client
 
 
 def _campaign(client, text: str = CAMPAIGN) -> tuple[dict, list]:

@@ -56,7 +56,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                   pipeline_dir: Path | None = None, settings_overrides: dict | None = None,
                   channels: tuple[int, ...] = (32, 64, 64), max_length: int = 64, validation_fraction: float = 0.05,
                   labels: list[str] | None = None, limit: int | None = None, knowledge=None,
-                  caption_variants: int = 0, balance_classes: bool = False, data_attribution: str = "", num_sample_seeds: int = 4, sample_steps: int = 25,
+                  caption_variants: int = 0, balance_classes: bool = False, data_attribution: str = "",
+                  init_unet: Path | None = None, num_sample_seeds: int = 4, sample_steps: int = 25,
                   guidance: float = 3.0, log: Callable[[str], None] = print) -> Path:
     """Train a small U-Net from scratch and save a ``StableDiffusionPipeline`` folder; return its path.
 
@@ -78,6 +79,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         balance_classes: draw every (modality, label) class equally often instead of every image (a 500-image
             class beside a 3,850-image one is otherwise seen 8x less).
         data_attribution: licence / citation line for the card (CC BY data needs it).
+        init_unet: a saved generator folder (or its ``unet`` folder) whose U-Net weights this run starts from
+            instead of random ones (a longer run of a shipped model whose checkpoints are gone); its U-Net config
+            must be the one these options build. A fresh optimizer; the steps count from 0.
         num_sample_seeds: validation images per label.
         sample_steps, guidance: how validation images are sampled.
         log: progress sink.
@@ -120,10 +124,12 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     resolution = int(vae.config.sample_size)
     unet_config = small_unet_config(latent_size=resolution // factor, latent_channels=vae.config.latent_channels,
                                     cross_attention_dim=int(encoder.config.hidden_size), channels=channels)
+    init = _initial_unet(init_unet, expected_config=unet_config) if init_unet is not None else None
     identity = {"kind": "scratch", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
                 "vae": str(vae_dir.resolve()), "text_encoder": str(text_encoder), "unet": unet_config,
                 "max_length": max_length, "seed": settings.seed, "labels": labels,
-                "caption_variants": caption_variants, **({"balance_classes": True} if balance_classes else {})}
+                "caption_variants": caption_variants, **({"balance_classes": True} if balance_classes else {}),
+                **({"init_unet": init["record"]} if init is not None else {})}
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)
     if checkpoint is not None:
@@ -146,6 +152,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
 
     torch.manual_seed(settings.seed)
     unet = UNet2DConditionModel(**unet_config)
+    if init is not None:
+        unet.load_state_dict(init["unet"].state_dict())
+        log(f"U-Net weights from {init['record']['path']} ({init['record'].get('steps', '?')} steps before)")
     model = make_conditioned_unet(unet)
     trainable = {name: p for name, p in unet.named_parameters()}
     log(f"U-Net {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M parameters, all trained")
@@ -202,6 +211,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                      "validation_images": len(val_records), "prepared_with": _prepare_options(dataset_dir),
                      "attribution": data_attribution},
             "metrics": {k: metrics[k] for k in ("steps", "seconds", "final_train_loss", "final_validation_loss")},
+            **({"init_unet": init["record"]} if init is not None else {}),
             "unet_parameters": sum(p.numel() for p in unet.parameters()),
         }
         (staging / GENERATOR_RECORD).write_text(json.dumps(record, indent=2) + "\n")
@@ -213,6 +223,40 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                 shutil.copy2(out / picture, staging / picture)
     log(f"pipeline saved to {final}")
     return final
+
+
+def _initial_unet(path: Path, *, expected_config: dict) -> dict:
+    """The U-Net ``init_unet`` names, checked against the config this run builds, and how the card records it.
+
+    Raises:
+        FileNotFoundError: ``path`` holds no U-Net.
+        ValueError: its config differs from ``expected_config`` (the differing keys, both values).
+    """
+    from diffusers import UNet2DConditionModel
+
+    path = Path(path)
+    unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    if not (unet_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--init-unet {path}: no U-Net there (neither {path}/unet/config.json nor "
+                                f"{path}/config.json); give a generator folder from `train scratch`")
+    unet = UNet2DConditionModel.from_pretrained(str(unet_dir))
+    differing = {key: (unet.config.get(key), value) for key, value in expected_config.items()
+                 if _as_list(unet.config.get(key)) != _as_list(value)}
+    if differing:
+        raise ValueError(f"--init-unet {path}: its U-Net differs from the one these options build: " + "; ".join(
+            f"{key} is {have!r} there, {want!r} here" for key, (have, want) in differing.items())
+                         + " (use the same --channels and --vae, or start from random weights)")
+    record: dict = {"path": str(path.resolve())}
+    generator_record = unet_dir.parent / GENERATOR_RECORD
+    if generator_record.is_file():  # the steps and time already spent, so the card adds them up
+        metrics = json.loads(generator_record.read_text()).get("metrics", {})
+        record.update({key: metrics[key] for key in ("steps", "seconds") if key in metrics})
+    return {"unet": unet, "record": record}
+
+
+def _as_list(value):
+    """Configs store tuples as lists once saved; compare them alike."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _portable_name(text_encoder: str) -> str:
@@ -262,6 +306,8 @@ def _card(record: dict) -> str:
         f"`{data['dataset']}`",
         f"- steps: {metrics['steps']} ({metrics['seconds']} s); final train loss {metrics['final_train_loss']}, "
         f"held-out validation loss {metrics['final_validation_loss']}",
+        *([f"- warm start: the U-Net began from `{init['path']}` ({init.get('steps', '?')} steps, "
+           f"{init.get('seconds', '?')} s before this run)"] if (init := record.get("init_unet")) else []),
         f"- captions: {_captions_line(record)}",
         "",
         "![validation samples at the last step](samples.png)",

@@ -197,6 +197,9 @@ def scratch(
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 200,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
     data_attribution: Annotated[str, typer.Option(help="dataset licence / citation for the model card")] = "",
+    init_unet: Annotated[Optional[Path], typer.Option(
+        help="start the U-Net from this generator folder's weights (same --channels / --vae), not random ones",
+        parser=path_parser("--init-unet"))] = None,
     resume: ResumeOpt = None,
     max_minutes: MinutesOpt = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
@@ -223,7 +226,7 @@ def scratch(
             labels=_labels(labels), limit=limit, max_length=max_length, channels=_channels(channels),
             caption_variants=caption_variants, balance_classes=balance_classes,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
-            data_attribution=data_attribution,
+            data_attribution=data_attribution, init_unet=init_unet,
             settings_overrides=overrides,
             log=typer.echo)
     typer.echo(str(path))

@@ -219,15 +219,25 @@ class JobManager:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        from clinisynth import api
         from clinisynth.cli.errors import user_error_types
 
         with job.lock:
             job.status, job.started_at = RUNNING, _now()
         self._publish(job, "status", {"status": RUNNING, "run_id": job.run_id})
-        if "campaign" in job.options:
-            self._run_campaign(job)
-            return
+        try:
+            status, error = self._run_campaign(job) if "campaign" in job.options else self._run_generation(job)
+        except user_error_types() as failure:
+            lines = str(failure).strip().splitlines()
+            self._finish(job, ERROR, error=lines[0] if lines else type(failure).__name__)
+        except Exception as failure:  # noqa: BLE001 - a bug in a run must not end the worker
+            log.exception("job %s failed", job.id)
+            self._finish(job, ERROR, error=f"internal error ({type(failure).__name__}); the server log has the details")
+        else:
+            self._finish(job, status, error=error)
+
+    def _run_generation(self, job: Job) -> tuple[str, str | None]:
+        """A run job: :func:`clinisynth.api.generate`; its status and error."""
+        from clinisynth import api
 
         def on_progress(event: str, info: dict) -> None:
             with job.lock:
@@ -240,26 +250,18 @@ class JobManager:
             self._publish(job, event, dict(info))
 
         options = dict(job.options)
-        try:
-            result = api.generate(options.pop("text", "") or "", out=self.out, settings=self.settings,
-                                  profile=options.pop("profile", None) or (None if options.get("resume") else self.profile),
-                                  on_progress=on_progress, should_stop=job.cancel_requested.is_set,
-                                  run_id=None if options.get("resume") else job.run_id, **options)
-        except user_error_types() as error:
-            lines = str(error).strip().splitlines()
-            self._finish(job, ERROR, error=lines[0] if lines else type(error).__name__)
-        except Exception as error:  # noqa: BLE001 - a bug in a run must not end the worker
-            log.exception("job %s failed", job.id)
-            self._finish(job, ERROR, error=f"internal error ({type(error).__name__}); the server log has the details")
-        else:
-            with job.lock:
-                job.stored = list(result.stored)
-            self._finish(job, result.status, error=result.trace.get("error"))
+        result = api.generate(options.pop("text", "") or "", out=self.out, settings=self.settings,
+                              profile=options.pop("profile", None) or (None if options.get("resume") else self.profile),
+                              on_progress=on_progress, should_stop=job.cancel_requested.is_set,
+                              run_id=None if options.get("resume") else job.run_id, **options)
+        with job.lock:
+            job.stored = list(result.stored)
+        return result.status, result.trace.get("error")
 
-    def _run_campaign(self, job: Job) -> None:
-        """A campaign job: ``clinisynth.curate`` into the output dir; submitting the same campaign again resumes it."""
+    def _run_campaign(self, job: Job) -> tuple[str, str | None]:
+        """A campaign job: ``clinisynth.curate`` into the output dir (submitting the same campaign again resumes
+        it); its status and error."""
         from clinisynth.campaigns import curate
-        from clinisynth.cli.errors import user_error_types
         from clinisynth.curation.journal import Journal, journal_path
         from clinisynth.generation.storage import OrderedStorage
 
@@ -276,26 +278,17 @@ class JobManager:
             self._publish(job, event, dict(info))
 
         settings = self.settings if self.profile is None else self.settings.model_copy(update={"profile": self.profile})
-        try:
-            with campaign_file(job.options["campaign"]) as path:
-                result = curate(path, out=self.out, settings=settings, on_progress=on_progress,
-                                should_stop=job.cancel_requested.is_set)
-        except user_error_types() as error:
-            lines = str(error).strip().splitlines()
-            self._finish(job, ERROR, error=lines[0] if lines else type(error).__name__)
-        except Exception as error:  # noqa: BLE001 - a bug in a campaign must not end the worker
-            log.exception("job %s failed", job.id)
-            self._finish(job, ERROR, error=f"internal error ({type(error).__name__}); the server log has the details")
-        else:
-            with Journal.open(journal_path(self.out), read_only=True) as journal:
-                runs = {run["run_id"] for run in journal.runs()}
-            # Read from the dataset, not the journal's slots: a cancelled run's images are filed, its chunk still open.
-            stored = [row["file_name"] for row in OrderedStorage(self.out).read_metadata() if row.get("run_id") in runs]
-            with job.lock:
-                job.stored, job.run_id = stored, None
-                job.progress = {**job.progress, "counts": dict(result.counts)}
-            status = CANCELLED if result.cancelled else "complete" if result.counts["given_up"] == 0 else "partial"
-            self._finish(job, status, error=None)
+        with campaign_file(job.options["campaign"]) as path:
+            result = curate(path, out=self.out, settings=settings, on_progress=on_progress,
+                            should_stop=job.cancel_requested.is_set)
+        with Journal.open(journal_path(self.out), read_only=True) as journal:
+            runs = {run["run_id"] for run in journal.runs()}
+        # Read from the dataset, not the journal's slots: a cancelled run's images are filed, its chunk still open.
+        stored = [row["file_name"] for row in OrderedStorage(self.out).read_metadata() if row.get("run_id") in runs]
+        with job.lock:
+            job.stored, job.run_id = stored, None
+            job.progress = {**job.progress, "counts": dict(result.counts)}
+        return (CANCELLED if result.cancelled else "complete" if result.counts["given_up"] == 0 else "partial"), None
 
     def _finish(self, job: Job, status: str, *, error: str | None) -> None:
         with job.lock:
