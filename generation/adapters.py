@@ -39,6 +39,11 @@ PEFT_PREFIX = "base_model.model."
 DIFFUSERS_PREFIX = "unet."
 #: U-Net attention projections LoRA is injected into.
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+#: The ResNet blocks' two 3x3 convolutions: LoRA there changes texture at every resolution, which attention alone
+#: (only at the smallest resolution in the demo U-Net) cannot; needed to add a modality the base never saw.
+RESNET_TARGET_MODULES = ("conv1", "conv2")
+#: Every U-Net module name an adapter may target.
+LORA_TARGET_MODULES = DEFAULT_TARGET_MODULES + RESNET_TARGET_MODULES
 #: BERT-family self-attention projections of the optional text-encoder LoRA, and where it is saved.
 TEXT_ENCODER_TARGET_MODULES = ("query", "key", "value")
 TEXT_ENCODER_DIR = "text_encoder"
@@ -103,7 +108,8 @@ class AdapterCard:
 def unet_signature(unet) -> tuple[float, ...]:
     """Per-channel means and stds of the U-Net's first convolution plus its widths: identifies the base weights.
 
-    LoRA touches attention only, so the signature is the same before and after loading or fusing adapters.
+    No adapter targets ``conv_in`` (attention and ResNet ``conv1`` / ``conv2`` only), so the signature is the same
+    before and after loading or fusing adapters.
     """
     weight = unet.conv_in.weight.detach().float().cpu().flatten(1)[:16]
     config = unet.config
@@ -485,8 +491,12 @@ def resumed_choice(entries: list[dict], *, run_id: str) -> AdapterChoice:
 # --- loading into a U-Net --------------------------------------------------------------------------------------
 
 
-def expected_lora_keys(unet, *, target_modules, rank: int) -> dict[str, tuple[int, int]]:
-    """``{key: shape}`` a LoRA of ``rank`` on ``target_modules`` of ``unet`` has (diffusers keys without ``unet.``)."""
+def expected_lora_keys(unet, *, target_modules, rank: int) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` a LoRA of ``rank`` on ``target_modules`` of ``unet`` has (diffusers keys without ``unet.``).
+
+    Linear layers get ``A (rank, in)`` and ``B (out, rank)``; 2-D convolutions, as PEFT builds them, ``A (rank, in,
+    kh, kw)`` (the base's kernel) and ``B (out, rank, 1, 1)``.
+    """
     import torch
 
     keys: dict[str, tuple[int, int]] = {}
@@ -496,10 +506,12 @@ def expected_lora_keys(unet, *, target_modules, rank: int) -> dict[str, tuple[in
         if not any(name == t or name.endswith("." + t) for t in target_modules):
             continue
         base = getattr(module, "base_layer", module)
-        if not isinstance(base, torch.nn.Linear):
-            continue
-        keys[f"{name}.lora_A.weight"] = (rank, base.in_features)
-        keys[f"{name}.lora_B.weight"] = (base.out_features, rank)
+        if isinstance(base, torch.nn.Linear):
+            keys[f"{name}.lora_A.weight"] = (rank, base.in_features)
+            keys[f"{name}.lora_B.weight"] = (base.out_features, rank)
+        elif isinstance(base, torch.nn.Conv2d):
+            keys[f"{name}.lora_A.weight"] = (rank, base.in_channels, *base.kernel_size)
+            keys[f"{name}.lora_B.weight"] = (base.out_channels, rank, 1, 1)
     return keys
 
 

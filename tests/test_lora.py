@@ -108,6 +108,43 @@ def test_trained_adapter_loads_into_the_generator_and_changes_it(trained, cache_
 
 
 @pytest.mark.slow
+def test_resnet_conv_lora_is_saved_checked_loaded_and_unloaded_exactly(trained, tmp_path):
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from clinisynth.generation.adapters import AdapterError, DIFFUSERS_WEIGHTS
+
+    adapter = train_lora(**{**trained["common"], "output_dir": tmp_path / "run", "adapter_dir": tmp_path / "conv"},
+                         target_modules=("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"),
+                         settings_overrides={**FAST, "max_steps": 2})
+    state = load_file(str(adapter / DIFFUSERS_WEIGHTS))
+    conv_a = [k for k in state if k.endswith("conv1.lora_A.weight")]
+    assert conv_a and all(state[k].ndim == 4 and state[k].shape[-2:] == (3, 3) for k in conv_a)
+    assert all(state[k.replace("lora_A", "lora_B")].shape[-2:] == (1, 1) for k in conv_a)
+    card = json.loads((adapter / "clinisynth_adapter.json").read_text())
+    assert card["target_modules"] == ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+
+    generator = Generator.from_profile(trained["profile"], device="cpu")
+    draw = lambda: np.asarray(generator.generate(prompt=CAPTIONS["pneumonia"], negative_prompt="", seeds=[1],
+                                                 steps=2, guidance=3.0)[0].image, dtype=np.int16)
+    before = draw()
+    generator.use_adapters([adapter])
+    assert any("conv1.lora_A" in name for name, _ in generator.pipeline.unet.named_parameters())
+    assert np.abs(draw() - before).mean() > 0.1
+    generator.use_adapters([])
+    assert np.array_equal(draw(), before)
+
+    # A conv kernel of the wrong shape is refused by name before the U-Net changes.
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter, broken)
+    bad = {k: (v[:, :, :1, :1].contiguous() if k == conv_a[0] else v) for k, v in state.items()}
+    save_file(bad, str(broken / DIFFUSERS_WEIGHTS))
+    with pytest.raises(AdapterError, match=r"conv1.lora_A.weight has shape .*1, 1\), this U-Net needs .*3, 3\)"):
+        generator.load_adapter(broken)
+    assert np.array_equal(draw(), before)
+
+
+@pytest.mark.slow
 def test_resume_from_another_runs_checkpoint_is_refused_without_outputs(trained, tmp_path):
     run = tmp_path / "other"
     shutil.copytree(trained["run"] / "checkpoints", run / "checkpoints")
@@ -136,7 +173,7 @@ def test_bad_manifests_and_options_fail_before_writing(dataset, tmp_path, cache_
     with pytest.raises(ManifestError, match="no manifest.csv"):
         read_manifest(tmp_path)
     for bad, message in (({"rank": 0}, "rank"), ({"dropout": 1.5}, "dropout"),
-                         ({"target_modules": ["conv1"]}, "target_modules"),
+                         ({"target_modules": ["conv_in"]}, "target_modules"),
                          ({"caption_variants": -1}, "caption_variants must be 0"),
                          ({"caption_variants": 3}, "caption_variants needs the knowledge base")):
         with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
-"""``train lora``: LoRA on the U-Net attention layers of a profile's generator; the text encoder is frozen unless
+"""``train lora``: LoRA on the U-Net attention layers (optionally the ResNet convolutions too) of a profile's
+generator; the text encoder is frozen unless
 ``train_text_encoder`` adds a LoRA to its self-attention too.
 
 The adapter is trained on the exact components :class:`clinisynth.generation.pipeline.Generator` samples from
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from clinisynth.evaluation.memorisation import SHIPPED_INDEX_DIR, write_shipped_indexes
-from clinisynth.generation.adapters import DEFAULT_TARGET_MODULES, TEXT_ENCODER_TARGET_MODULES
+from clinisynth.generation.adapters import DEFAULT_TARGET_MODULES, LORA_TARGET_MODULES, TEXT_ENCODER_TARGET_MODULES
 from clinisynth.generation.files import write_atomically
 from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
 from clinisynth.training.data import load_images, read_manifest, split_records
@@ -42,9 +43,9 @@ def check_lora_options(*, rank: int, alpha: float | None, dropout: float, target
         raise ValueError(f"alpha must be positive (or None for alpha = rank), got {alpha!r}")
     if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    unknown = sorted(set(target_modules) - set(DEFAULT_TARGET_MODULES))
+    unknown = sorted(set(target_modules) - set(LORA_TARGET_MODULES))
     if not target_modules or unknown:
-        raise ValueError(f"target_modules must be a non-empty subset of {list(DEFAULT_TARGET_MODULES)}, got "
+        raise ValueError(f"target_modules must be a non-empty subset of {list(LORA_TARGET_MODULES)}, got "
                          f"{list(target_modules)!r}")
 
 

@@ -118,6 +118,9 @@ def lora(
     rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
     alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: rank)")] = None,
     dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.0,
+    target_modules: Annotated[str, typer.Option(
+        help="comma-separated U-Net modules the LoRA goes into: attention to_q,to_k,to_v,to_out.0 and the ResNet "
+             "blocks' conv1,conv2 (a modality the base never saw needs the convolutions)")] = "to_q,to_k,to_v,to_out.0",
     steps: StepsOpt = 500,
     batch_size: Annotated[int, typer.Option(help="images per process per micro-batch")] = 4,
     learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate")] = 1e-4,
@@ -140,10 +143,11 @@ def lora(
     max_minutes: MinutesOpt = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
-    """LoRA on the U-Net attention (to_q, to_k, to_v, to_out.0) of a profile's generator; text encoder frozen
-    unless --train-text-encoder."""
+    """LoRA on the U-Net attention (to_q, to_k, to_v, to_out.0; --target-modules adds the ResNet convolutions) of a
+    profile's generator; text encoder frozen unless --train-text-encoder."""
     _check_run_options(output=output, steps=steps, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
                        extra_outputs=((adapter_dir, "--adapter-dir"),))
+    targets = tuple(name.strip() for name in target_modules.split(",") if name.strip())
     with _train_errors():
         from clinisynth.generation.profiles import resolve_profile
         from clinisynth.knowledge import load_knowledge
@@ -161,7 +165,7 @@ def lora(
         resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
         path = train_lora(
             profile=resolved, dataset_dir=data, output_dir=output, adapter_dir=adapter_dir, labels=_labels(labels),
-            modality=modality, limit=limit, rank=rank, alpha=alpha, dropout=dropout,
+            modality=modality, limit=limit, rank=rank, alpha=alpha, dropout=dropout, target_modules=targets,
             settings_overrides=overrides,
             class_prompt=class_prompt, num_class_images=num_class_images, train_text_encoder=train_text_encoder,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
