@@ -83,7 +83,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
             instead of random ones (a longer run of a shipped model whose checkpoints are gone); its U-Net config
             must be the one these options build. A fresh optimizer; the steps count from 0.
         num_sample_seeds: validation images per label.
-        sample_steps, guidance: how validation images are sampled.
+        sample_steps, guidance: how validation images are sampled; both are written to the generator's record as
+            its ``default_steps`` / ``default_guidance`` at inference (guidance at least 1: below it classifier-free
+            guidance is off).
         log: progress sink.
     """
     import torch
@@ -95,6 +97,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     from clinisynth.agents.prompting import caption_for_label
     from clinisynth.training.captions import captions_for, class_key, typical_captions, varied_captions
 
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 1 <= guidance <= 30:
+        raise ValueError(f"guidance must be a number from 1 to 30 (below 1 classifier-free guidance is off), "
+                         f"got {guidance!r}")
     if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
         raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
                          f"got {caption_variants!r}")

@@ -201,6 +201,8 @@ def scratch(
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 200,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
     data_attribution: Annotated[str, typer.Option(help="dataset licence / citation for the model card")] = "",
+    guidance: Annotated[float, typer.Option(
+        help="classifier-free guidance of the validation samples, and the generator's default at inference")] = 3.0,
     init_unet: Annotated[Optional[Path], typer.Option(
         help="start the U-Net from this generator folder's weights (same --channels / --vae), not random ones",
         parser=path_parser("--init-unet"))] = None,
@@ -230,7 +232,7 @@ def scratch(
             labels=_labels(labels), limit=limit, max_length=max_length, channels=_channels(channels),
             caption_variants=caption_variants, balance_classes=balance_classes,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
-            data_attribution=data_attribution, init_unet=init_unet,
+            data_attribution=data_attribution, init_unet=init_unet, guidance=guidance,
             settings_overrides=overrides,
             log=typer.echo)
     typer.echo(str(path))
