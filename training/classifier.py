@@ -135,7 +135,7 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"- {training['epochs']} epochs, batch {training['batch_size']}, AdamW lr {training['lr']} one-cycle, "
         f"weight decay {training['weight_decay']}, class-balanced loss, affine + intensity augmentation (no flips), "
         f"seed {training['seed']}",
-        f"- wall time {training['seconds']:.0f} s on {training['device']} ({training['threads']} threads)",
+        f"- wall time {training['seconds']:.0f} s on {training['device']} ({training['threads']} thread{'s' if training['threads'] != 1 else ''})",
         f"- loss curve: `{LOSS_CURVE_NAME}`",
         "",
         "## Limits",
