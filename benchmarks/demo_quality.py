@@ -6,7 +6,8 @@ classifier of the class's modality: agreement with the class asked for (its reca
 card, is the ceiling), the mean label probability, and the Frechet distance in the classifier's features (their
 top 16 principal axes on the held-out images) between the N samples and the held-out real images of the class,
 against the floor: the same distance for N real training images of the class (the median over 20 random draws,
-with its 10-90 % range). Nearest-training similarity and the memorisation rate come from the generator's shipped
+with its 10-90 % range). The VAE ceiling: the classifier's agreement on the held-out real images of the class after
+a round trip through the generator's VAE, the most a sample can be recognised through that decoder. Nearest-training similarity and the memorisation rate come from the generator's shipped
 memorisation index (what the verifier uses), at the verifier's threshold. With ``--compare-adapters`` every class
 an adapter is chosen for is drawn again without it, same seeds. Writes a contact sheet per class.
 
@@ -141,6 +142,7 @@ def main() -> None:
     from clinisynth.generation.profiles import generator_record, resolve_profile, trained_classes
     from clinisynth.models import ADAPTERS_DIR, CLASSIFIERS_DIR
     from clinisynth.settings import Settings
+    from clinisynth.training.vae import reconstruct
 
     settings = Settings()
     overrides = {"demo_generator": str(args.generator)} if args.generator else {}
@@ -174,6 +176,11 @@ def main() -> None:
                 real_cache[(modality, store)] = real_images(where[modality], modality=modality)
         heldout = real_cache.get((modality, "heldout"), {}).get(label)
         train = real_cache.get((modality, "train"), {}).get(label)
+        ceiling = None
+        if heldout:
+            rebuilt = reconstruct(generator.pipeline.vae, heldout)
+            ceiling = round(float((classifier.predict_proba(rebuilt).argmax(axis=1)
+                                   == classifier.labels.index(label)).mean()), 3)
         ways = [("with adapter", choice.entries)] if choice.entries else [("base", [])]
         if choice.entries and args.compare_adapters:
             ways.append(("without adapter", []))
@@ -185,7 +192,7 @@ def main() -> None:
                                                           batch_size=16)]
             seconds = time.perf_counter() - began
             row = {"request": REQUESTS[name], "way": way, "adapters": [card.name for card, _ in entries],
-                   "n": args.n, "images_per_s": round(args.n / seconds, 2)}
+                   "n": args.n, "images_per_s": round(args.n / seconds, 2), "vae_ceiling_agreement": ceiling}
             row.update(evaluate_class(images, label=label, classifier=classifier, heldout=heldout, train=train,
                                       index=indexes.get(modality), threshold=DEFAULT_MEMORISATION_THRESHOLD, seed=0))
             results.setdefault(name, []).append(row)

@@ -215,3 +215,44 @@ def test_init_unet_starts_from_a_saved_generator_and_refuses_another_shape(built
                       settings_overrides={"max_steps": 1}, **common)
     assert not (tmp_path / "wide_run").exists() and not (tmp_path / "wide").exists()
     assert not (tmp_path / "none_run").exists()
+
+
+def test_reconstruct_round_trips_grey_images_through_the_vae(built):
+    import numpy as np
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from clinisynth.training.vae import reconstruct
+
+    vae = AutoencoderKL.from_pretrained(str(built["vae"])).eval()
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), mode="L") for _ in range(3)]
+    rebuilt = reconstruct(vae, images, batch_size=2)
+    assert [(r.mode, r.size) for r in rebuilt] == [("L", (16, 16))] * 3
+    # The decoder's own output, not the input handed back.
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, rebuilt))
+
+
+def test_finetune_decoder_keeps_the_encoder_and_latent_scale(built, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    tuned = train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "dec", resolution=16, max_steps=2,
+                      batch_size=4, learning_rate=1e-2, validation_every=0, checkpoint_every=0,
+                      finetune_decoder_of=built["vae"], log=lambda _: None)
+    before = AutoencoderKL.from_pretrained(str(built["vae"]))
+    after = AutoencoderKL.from_pretrained(str(tuned))
+    assert after.config.scaling_factor == before.config.scaling_factor
+    old, new = before.state_dict(), after.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    record = json.loads((tuned / "clinisynth_vae.json").read_text())
+    assert record["identity"]["finetune_decoder_of"] == str(built["vae"].resolve())
+
+    with pytest.raises(ValueError, match="trained at 16 px, --resolution is 32; use --resolution 16"):
+        train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "wrong", resolution=32, max_steps=1,
+                  finetune_decoder_of=built["vae"], log=lambda _: None)
+    with pytest.raises(FileNotFoundError, match="not an AutoencoderKL folder"):
+        train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "none", resolution=16, max_steps=1,
+                  finetune_decoder_of=tmp_path, log=lambda _: None)
+    assert not (tmp_path / "wrong").exists() and not (tmp_path / "none").exists()

@@ -41,7 +41,7 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
               seed: int = 0, resume: str | None = None, max_minutes: float | None = None,
               labels: list[str] | None = None, limit: int | None = None,
               channels: tuple[int, ...] = (16, 32, 64), crop: int | None = None,
-              log: Callable[[str], None] = print) -> Path:
+              finetune_decoder_of: Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Train a small VAE on a prepared manifest; return ``output_dir/vae`` (an ``AutoencoderKL`` folder).
 
     Args:
@@ -61,6 +61,10 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         crop: train on random ``crop`` x ``crop`` windows of the images (a multiple of the downsampling factor,
             at most ``resolution``): the VAE is convolutional, so it learns the same local statistics at a
             fraction of the cost per step; validation always reconstructs whole images. ``None``: whole images.
+        finetune_decoder_of: an ``AutoencoderKL`` folder whose decoder is trained further, its encoder and
+            ``scaling_factor`` frozen: the latent space stays the same, so a U-Net and adapters trained on it keep
+            working and draw through a sharper decoder (Stable Diffusion's ft-MSE decoder was made this way).
+            ``channels`` are then the folder's; ``resolution`` must be its ``sample_size``.
         log: progress sink.
     """
     for name, value in (("max_steps", max_steps), ("batch_size", batch_size)):
@@ -73,14 +77,17 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
 
     records = read_manifest(dataset_dir, labels=labels, limit=limit)  # fails before anything is written
     train_records, val_records = split_records(records, validation_fraction=validation_fraction, seed=seed)
-    config = small_vae_config(resolution=resolution, channels=tuple(channels))
-    factor = 2 ** (len(channels) - 1)
+    source = _decoder_source(finetune_decoder_of, resolution=resolution) if finetune_decoder_of is not None else None
+    config = dict(source.config) if source is not None else small_vae_config(resolution=resolution,
+                                                                               channels=tuple(channels))
+    factor = 2 ** (len(config["block_out_channels"]) - 1)
     if crop is not None and (crop % factor or not factor <= crop <= resolution):
         raise ValueError(f"crop {crop} must be a multiple of the VAE factor {factor} between {factor} and the "
                          f"resolution {resolution}")
     identity = {"kind": "vae", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
                 "resolution": resolution, "config": config, "seed": seed, "kl_weight": kl_weight,
-                **({"crop": crop} if crop is not None else {})}
+                **({"crop": crop} if crop is not None else {}),
+                **({"finetune_decoder_of": str(Path(finetune_decoder_of).resolve())} if source is not None else {})}
     fingerprint = run_fingerprint(identity)
     out = Path(output_dir)
     checkpoint = resolve_resume(resume, output_dir=out)
@@ -91,8 +98,13 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
     images = load_images(train_records, resolution=resolution)
     val_images = load_images(val_records, resolution=resolution) if val_records else images[:8]
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**config)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
+    if source is not None:
+        vae = source
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    else:
+        vae = AutoencoderKL(**config)
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=learning_rate)
     step, train_loss, val_loss = 0, [], []
     if checkpoint is not None:
         step, state = load_checkpoint(checkpoint, fingerprint=fingerprint)
@@ -132,9 +144,12 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         if crop is not None and crop < resolution:
             top, left = (int(x) for x in torch.randint(0, resolution - crop + 1, (2,), generator=generator))
             batch = batch[:, :, top:top + crop, left:left + crop]
-        posterior = vae.encode(batch).latent_dist
+        with torch.set_grad_enabled(source is None):  # a frozen encoder needs no graph
+            posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        loss = torch.nn.functional.mse_loss(recon, batch) + kl_weight * posterior.kl().mean()
+        loss = torch.nn.functional.mse_loss(recon, batch)
+        if source is None:  # the KL term shapes the encoder only
+            loss = loss + kl_weight * posterior.kl().mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"VAE loss became {float(loss)} at step {step}; lower the learning rate")
         loss.backward()
@@ -153,12 +168,15 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         checkpoint_now()
     validate(step)
 
-    # SD's convention: scale latents to unit variance (measured on the training posterior means).
+    # SD's convention: scale latents to unit variance (measured on the training posterior means); a fine-tuned
+    # decoder keeps its encoder's factor, or the U-Net trained on those latents would see them rescaled.
     vae.eval()
-    with torch.no_grad():
-        sample = images[: min(256, images.shape[0])]
-        std = float(vae.encode(sample).latent_dist.mean.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
+    if source is None:
+        with torch.no_grad():
+            sample = images[: min(256, images.shape[0])]
+            std = float(vae.encode(sample).latent_dist.mean.std())
+        vae.register_to_config(scaling_factor=1.0 / std)
+    std = 1.0 / float(vae.config.scaling_factor)
     final = out / "vae"
     with staged_directory(final) as staging:
         vae.save_pretrained(str(staging), safe_serialization=True)
@@ -170,6 +188,43 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
                                                       indent=2) + "\n")
     log(f"VAE saved to {final} (scaling_factor {1.0 / std:.4f})")
     return final
+
+
+def _decoder_source(path: Path, *, resolution: int):
+    """The ``AutoencoderKL`` whose decoder ``finetune_decoder_of`` names, checked against ``resolution``."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--finetune-decoder {path}: not an AutoencoderKL folder (no config.json); give a "
+                                "`train vae` output (RUN/vae) or a generator's vae/ folder")
+    vae = AutoencoderKL.from_pretrained(str(path))
+    if int(vae.config.sample_size) != resolution:
+        raise ValueError(f"--finetune-decoder {path} was trained at {vae.config.sample_size} px, --resolution is "
+                         f"{resolution}; use --resolution {vae.config.sample_size}")
+    return vae
+
+
+def reconstruct(vae, images: list, *, batch_size: int = 32) -> list:
+    """``images`` (PIL, grey or RGB) through ``vae`` and back (posterior mean), as grey PIL images of the same size.
+
+    What the generator's decoder can show at best: a classifier that cannot tell the class of a real image after
+    this round trip cannot tell it in a generated one either.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rebuilt = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1
+                              for image in images[start:start + batch_size]])
+            pixels = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(vae.device, vae.dtype)
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.float().clamp(-1, 1).mean(dim=1)
+            rebuilt += [Image.fromarray(((plane + 1) * 127.5).round().byte().cpu().numpy(), mode="L")
+                        for plane in decoded]
+    return rebuilt
 
 
 def _to_pil(tensor):

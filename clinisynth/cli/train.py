@@ -253,6 +253,10 @@ def vae(
              "16,32,64,64 is 8x")] = "16,32,64",
     crop: Annotated[Optional[int], typer.Option(
         help="train on random CROP x CROP windows (cheaper steps; validation uses whole images)")] = None,
+    finetune_decoder: Annotated[Optional[Path], typer.Option(
+        help="train this VAE folder's decoder further, its encoder and latent scale frozen (a generator trained "
+             "on its latents keeps working, through a sharper decoder)",
+        parser=path_parser("--finetune-decoder"))] = None,
     validation_every: Annotated[int, typer.Option(help="steps between validation")] = 100,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
     resume: ResumeOpt = None,
@@ -268,5 +272,5 @@ def vae(
                          batch_size=batch_size, learning_rate=learning_rate, labels=_labels(labels), limit=limit,
                          validation_every=validation_every, checkpoint_every=checkpoint_every, resume=resume,
                          max_minutes=max_minutes, seed=seed, channels=_channels(channels), crop=crop,
-                         log=typer.echo)
+                         finetune_decoder_of=finetune_decoder, log=typer.echo)
     typer.echo(str(path))
