@@ -63,7 +63,7 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
             fraction of the cost per step; validation always reconstructs whole images. ``None``: whole images.
         finetune_decoder_of: an ``AutoencoderKL`` folder whose decoder is trained further, its encoder and
             ``scaling_factor`` frozen: the latent space stays the same, so a U-Net and adapters trained on it keep
-            working and draw through a sharper decoder (Stable Diffusion's ft-MSE decoder was made this way).
+            working and draw through the retrained decoder (Stable Diffusion's ft-MSE decoder was made this way).
             ``channels`` are then the folder's; ``resolution`` must be its ``sample_size``.
         log: progress sink.
     """

@@ -255,7 +255,7 @@ def vae(
         help="train on random CROP x CROP windows (cheaper steps; validation uses whole images)")] = None,
     finetune_decoder: Annotated[Optional[Path], typer.Option(
         help="train this VAE folder's decoder further, its encoder and latent scale frozen (a generator trained "
-             "on its latents keeps working, through a sharper decoder)",
+             "on its latents keeps working, through the retrained decoder)",
         parser=path_parser("--finetune-decoder"))] = None,
     validation_every: Annotated[int, typer.Option(help="steps between validation")] = 100,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 200,
