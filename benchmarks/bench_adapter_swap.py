@@ -138,7 +138,7 @@ def main() -> None:
         first, second = ADAPTERS_DIR / "breast_ultrasound", ADAPTERS_DIR / "brain_meningioma"
         # Adapters of two modalities do not combine; the cycle is one, the other, none.
         cycle = [[first], [second], []]
-        prompts = [DEMO_REQUESTS[0], DEMO_REQUESTS[1], DEMO_REQUESTS[2]]
+        prompts = list(DEMO_REQUESTS)
     else:
         library = work / "adapters"
         first = build_adapter(library / "chest_a", generator, seed=1, labels=["pleural_effusion"], rank=args.rank)

@@ -76,14 +76,17 @@ def real_images(where: str, *, modality: str) -> dict[str, list]:
     return by_label
 
 
+def agreement(probabilities: np.ndarray, *, label: str, classifier) -> float:
+    """Share of images whose most probable class is ``label`` (several classes per modality)."""
+    return round(float((probabilities.argmax(axis=1) == classifier.labels.index(label)).mean()), 3)
+
+
 def evaluate_class(images, *, label: str, classifier, heldout, train, index, threshold: float, seed: int) -> dict:
     from clinisynth.evaluation.metrics import frechet_distance
 
     probabilities = classifier.predict_proba(images)
-    wanted = classifier.labels.index(label)
-    # Agreement: the classifier's most probable class is the one asked for (several classes per modality).
-    row = {"agreement": round(float((probabilities.argmax(axis=1) == wanted).mean()), 3),
-           "mean_label_probability": round(float(probabilities[:, wanted].mean()), 3)}
+    row = {"agreement": agreement(probabilities, label=label, classifier=classifier),
+           "mean_label_probability": round(float(probabilities[:, classifier.labels.index(label)].mean()), 3)}
     if heldout:
         # A few dozen images cannot fill a covariance of the classifier's hundreds of features (the square root
         # of a singular product is noise), so the distance is taken in the held-out images' top principal axes.
@@ -179,8 +182,7 @@ def main() -> None:
         ceiling = None
         if heldout:
             rebuilt = reconstruct(generator.pipeline.vae, heldout)
-            ceiling = round(float((classifier.predict_proba(rebuilt).argmax(axis=1)
-                                   == classifier.labels.index(label)).mean()), 3)
+            ceiling = agreement(classifier.predict_proba(rebuilt), label=label, classifier=classifier)
         ways = [("with adapter", choice.entries)] if choice.entries else [("base", [])]
         if choice.entries and args.compare_adapters:
             ways.append(("without adapter", []))

@@ -176,17 +176,17 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
             sample = images[: min(256, images.shape[0])]
             std = float(vae.encode(sample).latent_dist.mean.std())
         vae.register_to_config(scaling_factor=1.0 / std)
-    std = 1.0 / float(vae.config.scaling_factor)
+    scaling_factor = float(vae.config.scaling_factor)
     final = out / "vae"
     with staged_directory(final) as staging:
         vae.save_pretrained(str(staging), safe_serialization=True)
-        metrics = {"steps": step, "final_validation_mse": val_loss[-1][1], "scaling_factor": 1.0 / std,
+        metrics = {"steps": step, "final_validation_mse": val_loss[-1][1], "scaling_factor": scaling_factor,
                    "train_images": len(train_records), "validation_images": len(val_records),
                    "seconds": round(time.perf_counter() - began, 1)}
         (staging / "clinisynth_vae.json").write_text(json.dumps({**metrics, "identity": identity}, indent=2) + "\n")
     write_atomically(out / "metrics.json", json.dumps({**metrics, "train_loss": train_loss, "validation_loss": val_loss},
                                                       indent=2) + "\n")
-    log(f"VAE saved to {final} (scaling_factor {1.0 / std:.4f})")
+    log(f"VAE saved to {final} (scaling_factor {scaling_factor:.4f})")
     return final
 
 

@@ -147,7 +147,6 @@ def lora(
     profile's generator; text encoder frozen unless --train-text-encoder."""
     _check_run_options(output=output, steps=steps, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
                        extra_outputs=((adapter_dir, "--adapter-dir"),))
-    targets = tuple(name.strip() for name in target_modules.split(",") if name.strip())
     with _train_errors():
         from clinisynth.generation.profiles import resolve_profile
         from clinisynth.knowledge import load_knowledge
@@ -165,7 +164,8 @@ def lora(
         resolved = resolve_profile(profile, cache_dir=settings.cache_dir, overrides=settings.profile_overrides())
         path = train_lora(
             profile=resolved, dataset_dir=data, output_dir=output, adapter_dir=adapter_dir, labels=_labels(labels),
-            modality=modality, limit=limit, rank=rank, alpha=alpha, dropout=dropout, target_modules=targets,
+            modality=modality, limit=limit, rank=rank, alpha=alpha, dropout=dropout,
+            target_modules=tuple(_labels(target_modules) or ()),
             settings_overrides=overrides,
             class_prompt=class_prompt, num_class_images=num_class_images, train_text_encoder=train_text_encoder,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
