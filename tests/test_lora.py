@@ -377,3 +377,25 @@ def test_caption_variants_train_on_the_run_path_wordings_of_each_class(dataset, 
     assert 1 < len(trained_on) <= 3 * 2  # up to 3 wordings for each of the 2 labels
     card = json.loads((adapter / "clinisynth_adapter.json").read_text())
     assert card["data"]["caption_variants"] == 3
+
+
+def test_balance_classes_draws_each_label_equally_and_is_on_the_card(trained, tmp_path, monkeypatch):
+    import clinisynth.training.lora as lora_module
+
+    seen = {}
+    real_run_training = lora_module.run_training
+
+    def recording_run_training(**kwargs):
+        seen["weights"] = kwargs["data"].sample_weights
+        return real_run_training(**kwargs)
+
+    monkeypatch.setattr(lora_module, "run_training", recording_run_training)
+    adapter = train_lora(**{**trained["common"], "output_dir": tmp_path / "run", "adapter_dir": tmp_path / "balanced"},
+                         balance_classes=True, settings_overrides={**FAST, "max_steps": 1})
+    card = json.loads((adapter / "clinisynth_adapter.json").read_text())
+    assert card["data"]["balance_classes"] is True
+    counts = card["data"]["images_per_label"]
+    weights = seen["weights"].tolist()
+    # each image weighs 1 / (images of its label): every label's total chance is the same
+    assert sorted(set(round(w, 9) for w in weights)) == sorted(set(round(1 / n, 9) for n in counts.values()))
+    assert abs(sum(weights) - len(counts)) < 1e-9

@@ -256,3 +256,31 @@ def test_finetune_decoder_keeps_the_encoder_and_latent_scale(built, tmp_path):
         train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "none", resolution=16, max_steps=1,
                   finetune_decoder_of=tmp_path, log=lambda _: None)
     assert not (tmp_path / "wrong").exists() and not (tmp_path / "none").exists()
+
+
+def test_vae_layers_per_block_and_cosine_schedule_resume_where_they_stopped(built, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from clinisynth.training.checkpoints import STATE_NAME, list_checkpoints
+
+    common = dict(dataset_dir=built["dataset"], output_dir=tmp_path / "cosine", resolution=16, batch_size=2,
+                  channels=(16, 16), layers_per_block=2, lr_schedule="cosine", validation_every=0,
+                  checkpoint_every=2, log=lambda _: None)
+    train_vae(**common, max_steps=2, learning_rate=1e-3)
+    state = torch.load(list_checkpoints(tmp_path / "cosine")[-1] / STATE_NAME, weights_only=False)
+    assert state["lr_scheduler"]["last_epoch"] == 2  # the schedule is saved with the weights
+    vae_dir = train_vae(**{**common, "output_dir": tmp_path / "cosine2"}, max_steps=4, learning_rate=1e-3)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir))
+    assert vae.config.layers_per_block == 2 and len(vae.encoder.down_blocks[0].resnets) == 2
+    record = json.loads((vae_dir / "clinisynth_vae.json").read_text())
+    assert record["identity"]["lr_schedule"] == "cosine"
+    # resuming the 2-step run to 4 steps continues its schedule instead of restarting the warm-up
+    messages = []
+    train_vae(**{**common, "log": messages.append}, max_steps=4, learning_rate=1e-3, resume="latest")
+    assert any("resumed" in m and "step 2" in m for m in messages)
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        train_vae(**{**common, "output_dir": tmp_path / "bad", "lr_schedule": "linear"}, max_steps=1)
+    with pytest.raises(ValueError, match="layers_per_block must be an int of at least 1"):
+        train_vae(**{**common, "output_dir": tmp_path / "bad", "layers_per_block": 0}, max_steps=1)
+    assert not (tmp_path / "bad").exists()

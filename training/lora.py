@@ -25,6 +25,7 @@ from clinisynth.training.data import load_images, read_manifest, split_records
 from clinisynth.training.engine import (
     LoopSettings,
     TrainingData,
+    class_balanced_weights,
     encode_captions,
     encode_latents,
     make_caption_encoder,
@@ -95,7 +96,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                target_modules=DEFAULT_TARGET_MODULES, settings_overrides: dict | None = None,
                validation_fraction: float = 0.05, class_prompt: str | None = None, num_class_images: int = 0,
                class_image_steps: int | None = None, train_text_encoder: bool = False,
-               knowledge=None, caption_variants: int = 0, num_sample_seeds: int = 2, sample_steps: int | None = None,
+               knowledge=None, caption_variants: int = 0, balance_classes: bool = False, num_sample_seeds: int = 2, sample_steps: int | None = None,
                guidance: float | None = None, accelerator=None, log: Callable[[str], None] = print) -> Path:
     """Train a LoRA adapter on a prepared manifest; return the adapter folder.
 
@@ -118,6 +119,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
         caption_variants: when above 0, each image is captioned with one of up to this many wordings of its class
             (:func:`clinisynth.training.captions.varied_captions`, as ``train scratch`` does), so the adapter
             answers the prompts a run writes, whatever technique, side or severity they name; 0: the manifest text.
+        balance_classes: draw every label equally often instead of every image (BreastMNIST has 348 benign and
+            150 malignant training images: drawn by image, the adapter learns malignant from 30 % of its steps).
         num_sample_seeds: validation images per label.
         sample_steps, guidance: validation sampling (profile defaults when ``None``).
         accelerator: an ``accelerate.Accelerator`` (made from the settings when ``None``).
@@ -157,7 +160,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                 "rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(target_modules),
                 "resolution": profile.resolution, "max_length": profile.max_length, "seed": settings.seed,
                 "class_prompt": class_prompt, "num_class_images": num_class_images,
-                "train_text_encoder": train_text_encoder, **({"caption_variants": caption_variants} if caption_variants else {})}
+                "train_text_encoder": train_text_encoder, **({"caption_variants": caption_variants} if caption_variants else {}),
+                **({"balance_classes": True} if balance_classes else {})}
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)
     if checkpoint is not None:
@@ -201,6 +205,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
         prior_latent_mean=prior_mean, prior_latent_std=prior_std,
         prior_caption_index=(index[-1:].repeat(prior_mean.shape[0]) if prior_mean is not None else None),
         empty_caption_row=distinct.index(""),
+        sample_weights=class_balanced_weights([r.label for r in train_records]) if balance_classes else None,
     )
 
     lora_config = add_lora(unet, rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
@@ -253,7 +258,7 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                      "train_images": n_train, "validation_images": n_val,
                      "images_per_label": dict(Counter(r.label for r in train_records)),
                      "class_prompt": class_prompt, "class_images": num_class_images if class_prompt else 0,
-                     "caption_variants": caption_variants},
+                     "caption_variants": caption_variants, "balance_classes": balance_classes},
             "metrics": {"final_train_loss": metrics["final_train_loss"],
                         "final_validation_loss": metrics["final_validation_loss"], "seconds": metrics["seconds"],
                         "trainable_parameters": n_trainable, "trainable_share": n_trainable / total,

@@ -24,12 +24,19 @@ from clinisynth.training.checkpoints import (
 from clinisynth.training.data import load_images, read_manifest, split_records
 
 
-def small_vae_config(*, resolution: int, channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4) -> dict:
+#: Learning-rate schedules ``train_vae`` accepts (diffusers' ``get_scheduler`` names).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def small_vae_config(*, resolution: int, channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4,
+                     layers_per_block: int = 1) -> dict:
     """An ``AutoencoderKL`` config that downsamples by ``2 ** (len(channels) - 1)``."""
     if resolution % (2 ** (len(channels) - 1)):
         raise ValueError(f"resolution {resolution} is not divisible by the VAE factor {2 ** (len(channels) - 1)}")
+    if isinstance(layers_per_block, bool) or not isinstance(layers_per_block, int) or layers_per_block < 1:
+        raise ValueError(f"layers_per_block must be an int of at least 1, got {layers_per_block!r}")
     return {
-        "in_channels": 3, "out_channels": 3, "latent_channels": latent_channels, "layers_per_block": 1,
+        "in_channels": 3, "out_channels": 3, "latent_channels": latent_channels, "layers_per_block": layers_per_block,
         "block_out_channels": list(channels), "down_block_types": ["DownEncoderBlock2D"] * len(channels),
         "up_block_types": ["UpDecoderBlock2D"] * len(channels), "norm_num_groups": 16, "sample_size": resolution,
     }
@@ -40,8 +47,8 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
               validation_fraction: float = 0.05, validation_every: int = 100, checkpoint_every: int = 200,
               seed: int = 0, resume: str | None = None, max_minutes: float | None = None,
               labels: list[str] | None = None, limit: int | None = None,
-              channels: tuple[int, ...] = (16, 32, 64), crop: int | None = None,
-              finetune_decoder_of: Path | None = None, log: Callable[[str], None] = print) -> Path:
+              channels: tuple[int, ...] = (16, 32, 64), layers_per_block: int = 1, crop: int | None = None,
+              lr_schedule: str = "constant", finetune_decoder_of: Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Train a small VAE on a prepared manifest; return ``output_dir/vae`` (an ``AutoencoderKL`` folder).
 
     Args:
@@ -58,6 +65,9 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         max_minutes: wall-clock budget; stops cleanly.
         labels, limit: subset of the manifest.
         channels: encoder block widths (multiples of 16); the VAE downsamples by ``2 ** (len(channels) - 1)``.
+        layers_per_block: ResNet blocks per encoder level (the decoder has one more), as in ``AutoencoderKL``.
+        lr_schedule: ``"constant"``, or ``"cosine"``: one warm-up of 2 % of ``max_steps``, then a cosine decay to 0
+            at ``max_steps`` (the last steps at a small rate settle the reconstruction a constant rate leaves noisy).
         crop: train on random ``crop`` x ``crop`` windows of the images (a multiple of the downsampling factor,
             at most ``resolution``): the VAE is convolutional, so it learns the same local statistics at a
             fraction of the cost per step; validation always reconstructs whole images. ``None``: whole images.
@@ -72,14 +82,17 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
             raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
     if not 0 < learning_rate < 1:
         raise ValueError(f"learning_rate must be in (0, 1), got {learning_rate!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     import torch
     from diffusers import AutoencoderKL
+    from diffusers.optimization import get_scheduler
 
     records = read_manifest(dataset_dir, labels=labels, limit=limit)  # fails before anything is written
     train_records, val_records = split_records(records, validation_fraction=validation_fraction, seed=seed)
     source = _decoder_source(finetune_decoder_of, resolution=resolution) if finetune_decoder_of is not None else None
-    config = dict(source.config) if source is not None else small_vae_config(resolution=resolution,
-                                                                               channels=tuple(channels))
+    config = dict(source.config) if source is not None else small_vae_config(
+        resolution=resolution, channels=tuple(channels), layers_per_block=layers_per_block)
     factor = 2 ** (len(config["block_out_channels"]) - 1)
     if crop is not None and (crop % factor or not factor <= crop <= resolution):
         raise ValueError(f"crop {crop} must be a multiple of the VAE factor {factor} between {factor} and the "
@@ -87,6 +100,7 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
     identity = {"kind": "vae", "dataset": str(Path(dataset_dir).resolve()), "n_images": len(records),
                 "resolution": resolution, "config": config, "seed": seed, "kl_weight": kl_weight,
                 **({"crop": crop} if crop is not None else {}),
+                **({"lr_schedule": lr_schedule} if lr_schedule != "constant" else {}),
                 **({"finetune_decoder_of": str(Path(finetune_decoder_of).resolve())} if source is not None else {})}
     fingerprint = run_fingerprint(identity)
     out = Path(output_dir)
@@ -105,11 +119,15 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
     else:
         vae = AutoencoderKL(**config)
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=learning_rate)
+    lr_scheduler = get_scheduler(lr_schedule, optimizer=optimizer, num_warmup_steps=max(1, max_steps // 50),
+                                 num_training_steps=max_steps)
     step, train_loss, val_loss = 0, [], []
     if checkpoint is not None:
         step, state = load_checkpoint(checkpoint, fingerprint=fingerprint)
         vae.load_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
+        if "lr_scheduler" in state:
+            lr_scheduler.load_state_dict(state["lr_scheduler"])
         train_loss, val_loss = state["train_loss"], state["validation_loss"]
         log(f"resumed from {checkpoint} at step {step}")
     generator = torch.Generator().manual_seed(seed + step)
@@ -130,7 +148,8 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         vae.train()
 
     def checkpoint_now() -> None:
-        state = {"trainable": vae.state_dict(), "optimizer": optimizer.state_dict(), "train_loss": train_loss,
+        state = {"trainable": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                 "lr_scheduler": lr_scheduler.state_dict(), "train_loss": train_loss,
                  "validation_loss": val_loss}
         save_checkpoint(out, step=step, state=state, fingerprint=fingerprint, identity=identity)
 
@@ -155,6 +174,7 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
+        lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         train_loss.append([step, float(loss.detach())])

@@ -137,6 +137,8 @@ def lora(
     train_text_encoder: Annotated[bool, typer.Option(
         help="also train a LoRA on the text encoder's self-attention (query, key, value)")] = False,
     caption_variants: CaptionVariantsOpt = 0,
+    balance_classes: Annotated[bool, typer.Option(
+        help="draw every label equally often, not every image (a small class is otherwise rarely seen)")] = False,
     validation_every: Annotated[int, typer.Option(help="steps between validation loss + images")] = 100,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 100,
     resume: ResumeOpt = None,
@@ -169,7 +171,7 @@ def lora(
             settings_overrides=overrides,
             class_prompt=class_prompt, num_class_images=num_class_images, train_text_encoder=train_text_encoder,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
-            caption_variants=caption_variants, log=typer.echo)
+            caption_variants=caption_variants, balance_classes=balance_classes, log=typer.echo)
     typer.echo(str(path))
 
 
@@ -251,6 +253,10 @@ def vae(
     channels: Annotated[str, typer.Option(
         help="encoder block widths, comma-separated (multiples of 16); downsampling 2^(blocks-1): 16,32,64 is 4x, "
              "16,32,64,64 is 8x")] = "16,32,64",
+    layers_per_block: Annotated[int, typer.Option(
+        help="ResNet blocks per VAE level (more capacity, slower steps)")] = 1,
+    lr_schedule: Annotated[str, typer.Option(
+        help="constant, or cosine (2 % warm-up, then a decay to 0 at --steps)")] = "constant",
     crop: Annotated[Optional[int], typer.Option(
         help="train on random CROP x CROP windows (cheaper steps; validation uses whole images)")] = None,
     finetune_decoder: Annotated[Optional[Path], typer.Option(
@@ -271,6 +277,7 @@ def vae(
         path = train_vae(dataset_dir=data, output_dir=output, resolution=resolution, max_steps=steps,
                          batch_size=batch_size, learning_rate=learning_rate, labels=_labels(labels), limit=limit,
                          validation_every=validation_every, checkpoint_every=checkpoint_every, resume=resume,
-                         max_minutes=max_minutes, seed=seed, channels=_channels(channels), crop=crop,
+                         max_minutes=max_minutes, seed=seed, channels=_channels(channels),
+                         layers_per_block=layers_per_block, lr_schedule=lr_schedule, crop=crop,
                          finetune_decoder_of=finetune_decoder, log=typer.echo)
     typer.echo(str(path))
