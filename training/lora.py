@@ -96,7 +96,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                target_modules=DEFAULT_TARGET_MODULES, settings_overrides: dict | None = None,
                validation_fraction: float = 0.05, class_prompt: str | None = None, num_class_images: int = 0,
                class_image_steps: int | None = None, train_text_encoder: bool = False,
-               knowledge=None, caption_variants: int = 0, balance_classes: bool = False, num_sample_seeds: int = 2, sample_steps: int | None = None,
+               knowledge=None, caption_variants: int = 0, balance_classes: bool = False, num_sample_seeds: int = 2,
+               sample_steps: int | None = None,
                guidance: float | None = None, accelerator=None, log: Callable[[str], None] = print) -> Path:
     """Train a LoRA adapter on a prepared manifest; return the adapter folder.
 
@@ -160,7 +161,8 @@ def train_lora(*, profile, dataset_dir: Path, output_dir: Path, adapter_dir: Pat
                 "rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(target_modules),
                 "resolution": profile.resolution, "max_length": profile.max_length, "seed": settings.seed,
                 "class_prompt": class_prompt, "num_class_images": num_class_images,
-                "train_text_encoder": train_text_encoder, **({"caption_variants": caption_variants} if caption_variants else {}),
+                "train_text_encoder": train_text_encoder,
+                **({"caption_variants": caption_variants} if caption_variants else {}),
                 **({"balance_classes": True} if balance_classes else {})}
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)

@@ -48,7 +48,8 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
               seed: int = 0, resume: str | None = None, max_minutes: float | None = None,
               labels: list[str] | None = None, limit: int | None = None,
               channels: tuple[int, ...] = (16, 32, 64), layers_per_block: int = 1, crop: int | None = None,
-              lr_schedule: str = "constant", finetune_decoder_of: Path | None = None, log: Callable[[str], None] = print) -> Path:
+              lr_schedule: str = "constant", finetune_decoder_of: Path | None = None,
+              log: Callable[[str], None] = print) -> Path:
     """Train a small VAE on a prepared manifest; return ``output_dir/vae`` (an ``AutoencoderKL`` folder).
 
     Args:
