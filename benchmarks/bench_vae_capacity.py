@@ -59,7 +59,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['channels']} | {row['layers_per_block']} | {row['parameters_m']:.2f} M | {row['step_s']:.3f} | "
-              f"{row['step_s'] / base['step_s']:.2f}x | {row['decode_ms']:.1f} | {row['decode_ms'] / base['decode_ms']:.2f}x |")
+              f"{row['step_s'] / base['step_s']:.2f}x | {row['decode_ms']:.1f} | "
+              f"{row['decode_ms'] / base['decode_ms']:.2f}x |")
 
 
 if __name__ == "__main__":
