@@ -15,6 +15,8 @@ import argparse
 import statistics
 import time
 
+from _common import machine
+
 CANDIDATES = (((16, 32, 64, 64), 1), ((32, 64, 128, 128), 1), ((32, 64, 128, 128), 2), ((32, 64, 64, 64), 2))
 
 
@@ -55,6 +57,7 @@ def main() -> None:
     rows = [measure(channels=c, layers_per_block=n, steps=args.steps, batch_size=args.batch_size, crop=args.crop)
             for c, n in CANDIDATES]
     base = rows[0]
+    print(f"{machine()}; batch {args.batch_size} of {args.crop} px windows, median of {args.steps - 1} steps")
     print("| channels | layers per block | parameters | step (s) | vs shipped | decode 128 px (ms/img) | vs shipped |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

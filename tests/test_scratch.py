@@ -275,7 +275,7 @@ def test_vae_layers_per_block_and_cosine_schedule_resume_where_they_stopped(buil
     assert vae.config.layers_per_block == 2 and len(vae.encoder.down_blocks[0].resnets) == 2
     record = json.loads((vae_dir / "clinisynth_vae.json").read_text())
     assert record["identity"]["lr_schedule"] == "cosine"
-    # resuming the 2-step run to 4 steps continues its schedule instead of restarting the warm-up
+    # the 2-step run resumes from its checkpoint (weights, optimizer and schedule) to run on to 4 steps
     messages = []
     train_vae(**{**common, "log": messages.append}, max_steps=4, learning_rate=1e-3, resume="latest")
     assert any("resumed" in m and "step 2" in m for m in messages)
