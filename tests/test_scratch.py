@@ -283,4 +283,25 @@ def test_vae_layers_per_block_and_cosine_schedule_resume_where_they_stopped(buil
         train_vae(**{**common, "output_dir": tmp_path / "bad", "lr_schedule": "linear"}, max_steps=1)
     with pytest.raises(ValueError, match="layers_per_block must be an int of at least 1"):
         train_vae(**{**common, "output_dir": tmp_path / "bad", "layers_per_block": 0}, max_steps=1)
+    with pytest.raises(ValueError, match="latent_channels must be an int of at least 1"):
+        train_vae(**{**common, "output_dir": tmp_path / "bad", "latent_channels": 0}, max_steps=1)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_vae_with_more_latent_channels_gets_a_unet_built_for_them(built, tmp_path):
+    import numpy as np
+
+    vae_dir = train_vae(dataset_dir=built["dataset"], output_dir=tmp_path / "vae8", resolution=16, max_steps=2,
+                        batch_size=4, latent_channels=8, validation_every=0, checkpoint_every=0, log=lambda _: None)
+    pipeline_dir = train_scratch(dataset_dir=built["dataset"], output_dir=tmp_path / "unet8", vae_dir=vae_dir,
+                                 text_encoder=str(packaged_minilm_dir()), pipeline_dir=tmp_path / "demo8",
+                                 channels=(16, 32), max_length=32, num_sample_seeds=1, sample_steps=2,
+                                 settings_overrides={"max_steps": 1, "batch_size": 4, "validation_every": 0,
+                                                     "checkpoint_every": 0, "log_every": 1},
+                                 log=lambda _: None)
+    profile = resolve_profile("demo", cache_dir=tmp_path, overrides={"demo_generator": str(pipeline_dir)})
+    generator = Generator.from_profile(profile, device="cpu")
+    assert generator.pipeline.vae.config.latent_channels == 8
+    assert generator.pipeline.unet.config.in_channels == 8 == generator.pipeline.unet.config.out_channels
+    images = generator.generate(prompt=CAPTIONS["pneumonia"], negative_prompt="", seeds=[1], steps=2, guidance=3.0)
+    assert np.asarray(images[0].image).shape[:2] == (16, 16)

@@ -255,6 +255,8 @@ def vae(
              "16,32,64,64 is 8x")] = "16,32,64",
     layers_per_block: Annotated[int, typer.Option(
         help="ResNet blocks per VAE level (more capacity, slower steps)")] = 1,
+    latent_channels: Annotated[int, typer.Option(
+        help="latent channels (more keep more detail through the VAE; `train scratch` follows them)")] = 4,
     lr_schedule: Annotated[str, typer.Option(
         help="constant, or cosine (2 % warm-up, then a decay to 0 at --steps)")] = "constant",
     crop: Annotated[Optional[int], typer.Option(
@@ -278,6 +280,7 @@ def vae(
                          batch_size=batch_size, learning_rate=learning_rate, labels=_labels(labels), limit=limit,
                          validation_every=validation_every, checkpoint_every=checkpoint_every, resume=resume,
                          max_minutes=max_minutes, seed=seed, channels=_channels(channels),
-                         layers_per_block=layers_per_block, lr_schedule=lr_schedule, crop=crop,
+                         layers_per_block=layers_per_block, latent_channels=latent_channels,
+                         lr_schedule=lr_schedule, crop=crop,
                          finetune_decoder_of=finetune_decoder, log=typer.echo)
     typer.echo(str(path))
