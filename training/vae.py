@@ -70,7 +70,7 @@ def train_vae(*, dataset_dir: Path, output_dir: Path, resolution: int = 64, max_
         channels: encoder block widths (multiples of 16); the VAE downsamples by ``2 ** (len(channels) - 1)``.
         layers_per_block: ResNet blocks per encoder level (the decoder has one more), as in ``AutoencoderKL``.
         latent_channels: channels of the latent (4 as in Stable Diffusion); more keep more detail through the
-            round trip at almost no cost per step, and `train scratch` builds its U-Net for them.
+            round trip; only the convolutions next to the latent widen, and `train scratch` builds its U-Net for them.
         lr_schedule: ``"constant"``, or ``"cosine"``: one warm-up of 2 % of ``max_steps``, then a cosine decay to 0
             at ``max_steps`` (the last steps at a small rate settle the reconstruction a constant rate leaves noisy).
         crop: train on random ``crop`` x ``crop`` windows of the images (a multiple of the downsampling factor,
