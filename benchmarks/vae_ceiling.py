@@ -40,22 +40,24 @@ def main() -> None:
     from clinisynth.models import CLASSIFIERS_DIR
     from clinisynth.training.vae import reconstruct
 
-    vaes = {name: AutoencoderKL.from_pretrained(path) for name, path in _pairs(args.vae).items()}
+    vae_dirs = _pairs(args.vae)
+    vaes = {name: AutoencoderKL.from_pretrained(path) for name, path in vae_dirs.items()}
     results = {}
     for modality, where in _pairs(args.heldout).items():
         classifier = load_classifier(CLASSIFIERS_DIR / modality)
         for label, images in real_images(where, modality=modality).items():
             row = {"n": len(images), "real": agreement(classifier.predict_proba(images), label=label,
                                                        classifier=classifier)}
+            real_pixels = grey_array(images)
             for name, vae in vaes.items():
                 rebuilt = reconstruct(vae, images)
                 row[name] = {"agreement": agreement(classifier.predict_proba(rebuilt), label=label,
                                                     classifier=classifier),
-                             "mse": float(((grey_array(images) - grey_array(rebuilt)) ** 2).mean())}
+                             "mse": float(((real_pixels - grey_array(rebuilt)) ** 2).mean())}
             results[f"{modality}/{label}"] = row
             print(json.dumps({f"{modality}/{label}": row}), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "vaes": _pairs(args.vae), "classes": results},
+        args.json.write_text(json.dumps({"machine": machine(), "vaes": vae_dirs, "classes": results},
                                         indent=2))
 
 
