@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 #: name -> (diffusers class, extra config); the first name of each family is the canonical one.
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
@@ -42,6 +44,13 @@ def make_scheduler(name: str, *, config):
     """
     import diffusers
 
-    class_name, extra = SCHEDULERS[canonical_scheduler_name(name)]
+    canonical = canonical_scheduler_name(name)
+    class_name, extra = SCHEDULERS[canonical]
     cls = getattr(diffusers, class_name)
+    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in inspect.signature(cls).parameters:
+        # Such a sampler would silently use the unrescaled betas: images of another noise schedule.
+        able = [n for n, (c, _) in SCHEDULERS.items()
+                if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, c)).parameters]
+        raise ValueError(f"scheduler {canonical!r} cannot sample a model trained with zero terminal SNR "
+                         f"(rescale_betas_zero_snr); use one of: {', '.join(able)}")
     return cls.from_config(dict(config), **extra)

@@ -305,3 +305,39 @@ def test_a_vae_with_more_latent_channels_gets_a_unet_built_for_them(built, tmp_p
     assert generator.pipeline.unet.config.in_channels == 8 == generator.pipeline.unet.config.out_channels
     images = generator.generate(prompt=CAPTIONS["pneumonia"], negative_prompt="", seeds=[1], steps=2, guidance=3.0)
     assert np.asarray(images[0].image).shape[:2] == (16, 16)
+
+
+def test_zero_terminal_snr_trains_v_prediction_and_samples_with_the_same_schedule(built, tmp_path):
+    import numpy as np
+    from diffusers import DDIMScheduler
+
+    from clinisynth.generation.schedulers import make_scheduler
+    from clinisynth.generation.profiles import GENERATOR_RECORD
+
+    options = dict(dataset_dir=built["dataset"], vae_dir=built["vae"], text_encoder=str(packaged_minilm_dir()),
+                   channels=(16, 32), max_length=32, num_sample_seeds=1, sample_steps=2, zero_terminal_snr=True,
+                   log=lambda _: None)
+    run = tmp_path / "zsnr"
+    pipeline_dir = train_scratch(output_dir=run, pipeline_dir=tmp_path / "demo_zsnr", **options,
+                                 settings_overrides={"max_steps": 1, "batch_size": 4, "validation_every": 0,
+                                                     "checkpoint_every": 1, "log_every": 1})
+    config = DDIMScheduler.load_config(str(pipeline_dir / "scheduler"))
+    assert config["rescale_betas_zero_snr"] is True and config["prediction_type"] == "v_prediction"
+    assert config["timestep_spacing"] == "trailing"
+    assert DDIMScheduler.from_config(config).alphas_cumprod[-1] == pytest.approx(0.0, abs=1e-6)
+    assert json.loads((pipeline_dir / GENERATOR_RECORD).read_text())["zero_terminal_snr"] is True
+    assert "zero terminal SNR" in (pipeline_dir / "README.md").read_text()
+
+    profile = resolve_profile("demo", cache_dir=tmp_path, overrides={"demo_generator": str(pipeline_dir)})
+    generator = Generator.from_profile(profile, device="cpu")
+    assert generator.pipeline.scheduler.config.rescale_betas_zero_snr is True
+    images = generator.generate(prompt=CAPTIONS["pneumonia"], negative_prompt="", seeds=[1], steps=2, guidance=3.0)
+    assert np.isfinite(np.asarray(images[0].image, dtype=np.float32)).all()
+    # A sampler without the rescaled betas would draw from another schedule: refused, naming ones that can.
+    with pytest.raises(ValueError, match="zero terminal SNR.*ddim"):
+        make_scheduler("pndm", config=generator.pipeline.scheduler.config)
+    # Its checkpoints belong to this schedule: resuming them with Stable Diffusion's is another run.
+    with pytest.raises(CheckpointError, match="another run"):
+        train_scratch(output_dir=run, pipeline_dir=tmp_path / "demo_other",
+                      **{**options, "zero_terminal_snr": False},
+                      settings_overrides={"max_steps": 2, "batch_size": 4, "resume": "latest"})

@@ -37,6 +37,15 @@ RUN_PICTURES = ("samples.png", "loss_curve.png")
 NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                   "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
                   "steps_offset": 1, "prediction_type": "epsilon"}
+#: What ``zero_terminal_snr`` changes (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+#: Flawed"): the last step is pure noise, so the model learns the image's overall brightness instead of reading it
+#: from signal that leaks through in training and is absent at inference. Epsilon is undefined at zero SNR, hence v.
+ZERO_TERMINAL_SNR = {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+
+
+def noise_schedule(*, zero_terminal_snr: bool = False) -> dict:
+    """The scheduler config a scratch generator trains and samples with."""
+    return {**NOISE_SCHEDULE, **(ZERO_TERMINAL_SNR if zero_terminal_snr else {})}
 
 
 def small_unet_config(*, latent_size: int, cross_attention_dim: int, latent_channels: int = 4,
@@ -58,7 +67,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                   labels: list[str] | None = None, limit: int | None = None, knowledge=None,
                   caption_variants: int = 0, balance_classes: bool = False, data_attribution: str = "",
                   init_unet: Path | None = None, num_sample_seeds: int = 4, sample_steps: int = 25,
-                  guidance: float = 3.0, log: Callable[[str], None] = print) -> Path:
+                  guidance: float = 3.0, zero_terminal_snr: bool = False,
+                  log: Callable[[str], None] = print) -> Path:
     """Train a small U-Net from scratch and save a ``StableDiffusionPipeline`` folder; return its path.
 
     Args:
@@ -86,6 +96,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         sample_steps, guidance: how validation images are sampled; both are written to the generator's record as
             its ``default_steps`` / ``default_guidance`` at inference (guidance at least 1: below it classifier-free
             guidance is off).
+        zero_terminal_snr: train and sample with :data:`ZERO_TERMINAL_SNR` (rescaled betas, v-prediction,
+            trailing timesteps) instead of Stable Diffusion's schedule; for backgrounds and contrast the model
+            otherwise cannot set. Saved in the scheduler config, so inference and adapters follow it.
         log: progress sink.
     """
     import torch
@@ -134,7 +147,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                 "vae": str(vae_dir.resolve()), "text_encoder": str(text_encoder), "unet": unet_config,
                 "max_length": max_length, "seed": settings.seed, "labels": labels,
                 "caption_variants": caption_variants, **({"balance_classes": True} if balance_classes else {}),
-                **({"init_unet": init["record"]} if init is not None else {})}
+                **({"init_unet": init["record"]} if init is not None else {}),
+                **({"zero_terminal_snr": True} if zero_terminal_snr else {})}
+    schedule = noise_schedule(zero_terminal_snr=zero_terminal_snr)
     fingerprint = run_fingerprint(identity)
     checkpoint = resolve_resume(settings.resume, output_dir=out)
     if checkpoint is not None:
@@ -174,7 +189,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
 
     def build_pipeline(scheduler=None):
         return StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
-                                       scheduler=scheduler or DDIMScheduler.from_config(NOISE_SCHEDULE),
+                                       scheduler=scheduler or DDIMScheduler.from_config(schedule),
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
     def sample_images() -> list:
@@ -192,7 +207,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
 
     sample_labels = [label for label in sample_prompts for _ in range(num_sample_seeds)]
     metrics = run_training(settings=settings, model=model, trainable=trainable, data=data,
-                           noise_scheduler=DDPMScheduler.from_config(NOISE_SCHEDULE), fingerprint=fingerprint,
+                           noise_scheduler=DDPMScheduler.from_config(schedule), fingerprint=fingerprint,
                            identity=identity, sample_images=sample_images, sample_labels=sample_labels, log=log)
 
     final = Path(pipeline_dir) if pipeline_dir is not None else out / "pipeline"
@@ -211,7 +226,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
             "text_encoder_hidden_size": int(encoder.config.hidden_size), "max_length": max_length,
             "resolution": resolution, "default_steps": sample_steps, "default_guidance": guidance,
             "prompts": sample_prompts, "caption_variants": caption_variants,
-            "balance_classes": balance_classes,
+            "balance_classes": balance_classes, "zero_terminal_snr": zero_terminal_snr,
             "data": {"dataset": str(Path(dataset_dir).resolve()), "train_images": len(train_records),
                      "validation_images": len(val_records), "prepared_with": _prepare_options(dataset_dir),
                      "attribution": data_attribution},
@@ -314,6 +329,8 @@ def _card(record: dict) -> str:
         *([f"- warm start: the U-Net began from `{init['path']}` ({init.get('steps', '?')} steps, "
            f"{init.get('seconds', '?')} s before this run)"] if (init := record.get("init_unet")) else []),
         f"- captions: {_captions_line(record)}",
+        *(["- noise schedule: zero terminal SNR (rescaled betas), v-prediction, trailing timesteps"]
+          if record.get("zero_terminal_snr") else []),
         "",
         "![validation samples at the last step](samples.png)",
         "",

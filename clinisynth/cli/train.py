@@ -208,6 +208,9 @@ def scratch(
     init_unet: Annotated[Optional[Path], typer.Option(
         help="start the U-Net from this generator folder's weights (same --channels / --vae), not random ones",
         parser=path_parser("--init-unet"))] = None,
+    zero_terminal_snr: Annotated[bool, typer.Option(
+        help="zero terminal SNR noise schedule with v-prediction (the model sets overall brightness and contrast)",
+    )] = False,
     resume: ResumeOpt = None,
     max_minutes: MinutesOpt = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
@@ -235,7 +238,7 @@ def scratch(
             caption_variants=caption_variants, balance_classes=balance_classes,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
             data_attribution=data_attribution, init_unet=init_unet, guidance=guidance,
-            settings_overrides=overrides,
+            zero_terminal_snr=zero_terminal_snr, settings_overrides=overrides,
             log=typer.echo)
     typer.echo(str(path))
 
