@@ -126,9 +126,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=48, help="images per class")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the generator's)")
+    parser.add_argument("--scheduler", default=None, help="sampler, e.g. euler_a (default: the generator's)")
     parser.add_argument("--generator", type=Path, default=None, help="generator dir (default: the shipped one)")
     parser.add_argument("--adapters-dir", type=Path, default=None, help="adapters folder (default: the shipped one)")
     parser.add_argument("--compare-adapters", action="store_true", help="also draw each class without its adapter")
+    parser.add_argument("--classifiers-dir", type=Path, default=None,
+                        help="folder of MODALITY/ classifiers that score the samples (default: the shipped ones)")
     parser.add_argument("--classes", default=None, help="comma-separated modality/label (default: all it can draw)")
     parser.add_argument("--heldout", action="append", default=[], help="MODALITY=DIR[@validation]: held-out real")
     parser.add_argument("--train", action="append", default=[], help="MODALITY=DIR: real training images (floor)")
@@ -173,7 +176,7 @@ def main() -> None:
         if not base_draws and not choice.entries:
             print(f"skip {name}: neither the base nor an adapter draws it")
             continue
-        classifier = load_classifier(CLASSIFIERS_DIR / modality)
+        classifier = load_classifier((args.classifiers_dir or CLASSIFIERS_DIR) / modality)
         for where, store in ((heldout_of, "heldout"), (train_of, "train")):
             if modality in where and (modality, store) not in real_cache:
                 real_cache[(modality, store)] = real_images(where[modality], modality=modality)
@@ -191,7 +194,7 @@ def main() -> None:
             began = time.perf_counter()
             images = [g.image for g in generator.generate(prompt=plan.prompt, negative_prompt=plan.negative_prompt,
                                                           seeds=list(range(args.n)), steps=steps, guidance=guidance,
-                                                          batch_size=16)]
+                                                          batch_size=16, scheduler=args.scheduler)]
             seconds = time.perf_counter() - began
             row = {"request": REQUESTS[name], "way": way, "adapters": [card.name for card, _ in entries],
                    "n": args.n, "images_per_s": round(args.n / seconds, 2), "vae_ceiling_agreement": ceiling}
@@ -204,7 +207,8 @@ def main() -> None:
                 contact_sheet(args.sheets / f"{modality}__{label}.png", images[:16], columns=8)
     generator.use_adapters([])
     report = {"machine": machine(), "generator": str(profile.generator), "adapters_dir": str(adapters_dir),
-              "steps": steps, "guidance": guidance, "classes": results}
+              "steps": steps, "guidance": guidance, "scheduler": args.scheduler or "the generator's",
+              "classifiers_dir": str(args.classifiers_dir or CLASSIFIERS_DIR), "classes": results}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))

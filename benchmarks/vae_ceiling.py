@@ -31,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", action="append", required=True, help="NAME=DIR: an AutoencoderKL folder")
     parser.add_argument("--heldout", action="append", required=True, help="MODALITY=DIR[@validation]")
+    parser.add_argument("--classifiers-dir", type=Path, default=None,
+                        help="folder of MODALITY/ classifiers (default: the shipped ones)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = parser.parse_args()
 
@@ -44,7 +46,7 @@ def main() -> None:
     vaes = {name: AutoencoderKL.from_pretrained(path) for name, path in vae_dirs.items()}
     results = {}
     for modality, where in _pairs(args.heldout).items():
-        classifier = load_classifier(CLASSIFIERS_DIR / modality)
+        classifier = load_classifier((args.classifiers_dir or CLASSIFIERS_DIR) / modality)
         for label, images in real_images(where, modality=modality).items():
             row = {"n": len(images), "real": agreement(classifier.predict_proba(images), label=label,
                                                        classifier=classifier)}
