@@ -164,7 +164,7 @@ def test_shipped_classifier_has_card_and_meets_its_target(name):
     if not directory.is_dir():
         pytest.skip(f"{directory} not shipped in this checkout")
     card = json.loads((directory / "card.json").read_text())
-    target = {"chest_xray": 0.90, "brain_mri": 0.85}[name]
+    target = {"chest_xray": 0.95, "brain_mri": 0.88}[name]
     assert card["metrics"]["test"]["balanced_accuracy"] >= target
     assert "CC" in card["data"]["attribution"]
     assert (directory / "model.safetensors").stat().st_size < 5 * 2**20
