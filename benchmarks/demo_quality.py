@@ -158,6 +158,7 @@ def main() -> None:
     steps = args.steps or profile.default_steps
     guidance = profile.default_guidance if args.guidance is None else args.guidance
     adapters_dir = args.adapters_dir or ADAPTERS_DIR
+    classifiers_dir = args.classifiers_dir or CLASSIFIERS_DIR
     request_adapters = AdapterRequest([], directory=adapters_dir, directory_given=True)
     indexes = load_shipped_indexes(profile.generator)
     for card in request_adapters.registry.cards():
@@ -165,7 +166,7 @@ def main() -> None:
     heldout_of, train_of = _pairs(args.heldout), _pairs(args.train)
     classes = args.classes.split(",") if args.classes else list(REQUESTS)
 
-    results, real_cache = {}, {}
+    results, real_cache, classifiers = {}, {}, {}
     for name in classes:
         modality, label = name.split("/")
         plan = planner.plan_for_generation(REQUESTS[name])
@@ -176,7 +177,9 @@ def main() -> None:
         if not base_draws and not choice.entries:
             print(f"skip {name}: neither the base nor an adapter draws it")
             continue
-        classifier = load_classifier((args.classifiers_dir or CLASSIFIERS_DIR) / modality)
+        if modality not in classifiers:
+            classifiers[modality] = load_classifier(classifiers_dir / modality)
+        classifier = classifiers[modality]
         for where, store in ((heldout_of, "heldout"), (train_of, "train")):
             if modality in where and (modality, store) not in real_cache:
                 real_cache[(modality, store)] = real_images(where[modality], modality=modality)
@@ -208,7 +211,7 @@ def main() -> None:
     generator.use_adapters([])
     report = {"machine": machine(), "generator": str(profile.generator), "adapters_dir": str(adapters_dir),
               "steps": steps, "guidance": guidance, "scheduler": args.scheduler or "the generator's",
-              "classifiers_dir": str(args.classifiers_dir or CLASSIFIERS_DIR), "classes": results}
+              "classifiers_dir": str(classifiers_dir), "classes": results}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))
