@@ -36,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FD_DIMS = 16
 #: Random draws of N real training images whose median distance is the floor.
 FLOOR_DRAWS = 20
+#: Draws of N real training images sent through the VAE for its FD ceiling (each costs an encode and a decode).
+VAE_FD_DRAWS = 5
 #: class -> the description a user would type for it.
 REQUESTS = {
     "chest_xray/normal": "normal chest radiograph",
@@ -81,7 +83,10 @@ def agreement(probabilities: np.ndarray, *, label: str, classifier) -> float:
     return round(float((probabilities.argmax(axis=1) == classifier.labels.index(label)).mean()), 3)
 
 
-def evaluate_class(images, *, label: str, classifier, heldout, train, index, threshold: float, seed: int) -> dict:
+def evaluate_class(images, *, label: str, classifier, heldout, train, index, threshold: float, seed: int,
+                   round_trip=None) -> dict:
+    """Score N samples of one class; ``round_trip`` (images -> images through the generator's VAE) adds the VAE's
+    own FD ceiling: real training images decoded back, against the same held-out set."""
     from clinisynth.evaluation.metrics import frechet_distance
 
     probabilities = classifier.predict_proba(images)
@@ -110,6 +115,14 @@ def evaluate_class(images, *, label: str, classifier, heldout, train, index, thr
             row["fd_floor"] = round(floor, 3)
             row["fd_floor_p10_p90"] = [round(float(v), 3) for v in np.percentile(floors, [10, 90])]
             row["fd_over_floor"] = round(row["fd"] / floor, 2) if floor > 0 else None
+            if round_trip is not None:
+                # The best FD a sample drawn through this decoder can reach: real images, encoded and decoded.
+                rng = np.random.default_rng(seed)
+                ceilings = [frechet_distance(project(classifier.features(round_trip(
+                    [train[i] for i in rng.choice(len(train), size=len(images), replace=False)]))), held_projected)
+                    for _ in range(VAE_FD_DRAWS)]
+                row["vae_ceiling_fd"] = round(float(np.median(ceilings)), 3)
+                row["vae_ceiling_fd_over_floor"] = round(row["vae_ceiling_fd"] / floor, 2) if floor > 0 else None
         row.update(heldout_images=len(heldout), fd_dims=dims)
     if index is not None:
         from clinisynth.evaluation.memorisation import ThumbnailEmbedder
@@ -127,6 +140,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the generator's)")
     parser.add_argument("--scheduler", default=None, help="sampler, e.g. euler_a (default: the generator's)")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="negative prompt for every class, '' for none (default: the plan's)")
     parser.add_argument("--generator", type=Path, default=None, help="generator dir (default: the shipped one)")
     parser.add_argument("--adapters-dir", type=Path, default=None, help="adapters folder (default: the shipped one)")
     parser.add_argument("--compare-adapters", action="store_true", help="also draw each class without its adapter")
@@ -167,6 +182,10 @@ def main() -> None:
     classes = args.classes.split(",") if args.classes else list(REQUESTS)
 
     results, real_cache, classifiers = {}, {}, {}
+
+    def vae_round_trip(images):
+        return reconstruct(generator.pipeline.vae, images)
+
     for name in classes:
         modality, label = name.split("/")
         plan = planner.plan_for_generation(REQUESTS[name])
@@ -189,20 +208,22 @@ def main() -> None:
         if heldout:
             rebuilt = reconstruct(generator.pipeline.vae, heldout)
             ceiling = agreement(classifier.predict_proba(rebuilt), label=label, classifier=classifier)
+        negative_prompt = plan.negative_prompt if args.negative_prompt is None else args.negative_prompt
         ways = [("with adapter", choice.entries)] if choice.entries else [("base", [])]
         if choice.entries and args.compare_adapters:
             ways.append(("without adapter", []))
         for way, entries in ways:
             generator.use_adapters(entries)
             began = time.perf_counter()
-            images = [g.image for g in generator.generate(prompt=plan.prompt, negative_prompt=plan.negative_prompt,
+            images = [g.image for g in generator.generate(prompt=plan.prompt, negative_prompt=negative_prompt,
                                                           seeds=list(range(args.n)), steps=steps, guidance=guidance,
                                                           batch_size=16, scheduler=args.scheduler)]
             seconds = time.perf_counter() - began
             row = {"request": REQUESTS[name], "way": way, "adapters": [card.name for card, _ in entries],
                    "n": args.n, "images_per_s": round(args.n / seconds, 2), "vae_ceiling_agreement": ceiling}
             row.update(evaluate_class(images, label=label, classifier=classifier, heldout=heldout, train=train,
-                                      index=indexes.get(modality), threshold=DEFAULT_MEMORISATION_THRESHOLD, seed=0))
+                                      index=indexes.get(modality), threshold=DEFAULT_MEMORISATION_THRESHOLD, seed=0,
+                                      round_trip=vae_round_trip))
             results.setdefault(name, []).append(row)
             print(json.dumps({name: row}))
             if args.sheets and way != "without adapter":
@@ -211,6 +232,7 @@ def main() -> None:
     generator.use_adapters([])
     report = {"machine": machine(), "generator": str(profile.generator), "adapters_dir": str(adapters_dir),
               "steps": steps, "guidance": guidance, "scheduler": args.scheduler or "the generator's",
+              "negative_prompt": "the plan's" if args.negative_prompt is None else args.negative_prompt,
               "classifiers_dir": str(classifiers_dir), "classes": results}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
