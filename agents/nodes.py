@@ -316,6 +316,7 @@ def _file(services: Services, state: GraphState, plan: Plan, attempt: dict, admi
                 "run_seed": state.seed,
                 "steps": attempt["steps"],
                 "guidance": attempt["guidance"],
+                "guidance_interval": list(services.generator.guidance_interval),
                 "adapters": list(getattr(services.generator, "adapters", [])),
                 **{f"model_{k}": v for k, v in services.generator.model_ids.items()},
                 "scores": metadata_scores(attempt["scores"]),

@@ -25,6 +25,7 @@ class TimedGenerator:
     def __init__(self, generator) -> None:
         self.generator = generator
         self.model_ids = generator.model_ids
+        self.guidance_interval = generator.guidance_interval
         self.seconds = 0.0
 
     def generate(self, **kwargs):

@@ -7,11 +7,14 @@ card, is the ceiling), the mean label probability, and the Frechet distance in t
 top 16 principal axes on the held-out images) between the N samples and the held-out real images of the class,
 against the floor: the same distance for N real training images of the class (the median over 20 random draws,
 with its 10-90 % range). The VAE ceiling: the classifier's agreement on the held-out real images of the class after
-a round trip through the generator's VAE, the most a sample can be recognised through that decoder. Nearest-training similarity and the memorisation rate come from the generator's shipped
-memorisation index (what the verifier uses), at the verifier's threshold. With ``--compare-adapters`` every class
-an adapter is chosen for is drawn again without it, same seeds. Writes a contact sheet per class.
+a round trip through the generator's VAE, the most a sample can be recognised through that decoder, and the VAE's
+FD ceiling: the FD of N real training images after the round trip (median of 5 draws). Nearest-training similarity
+and the memorisation rate come from the generator's shipped memorisation index (what the verifier uses), at the
+verifier's threshold. With ``--compare-adapters`` every class an adapter is chosen for is drawn again without it,
+same seeds. Writes a contact sheet per class.
 
     python benchmarks/demo_quality.py [--n 48] [--generator DIR] [--adapters-dir DIR] [--compare-adapters]
+        [--guidance G] [--guidance-interval START,END] [--negative-prompt TEXT] [--scheduler NAME]
         [--heldout chest_xray=DIR@validation --heldout brain_mri=DIR ...] [--train chest_xray=DIR ...]
         [--sheets DIR] [--json OUT] [--classes chest_xray/normal,...]
 
@@ -139,6 +142,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=48, help="images per class")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the generator's)")
+    parser.add_argument("--guidance-interval", default=None, metavar="START,END",
+                        help="shares of the steps, from the noisiest, that are guided (default: the generator's)")
     parser.add_argument("--scheduler", default=None, help="sampler, e.g. euler_a (default: the generator's)")
     parser.add_argument("--negative-prompt", default=None,
                         help="negative prompt for every class, '' for none (default: the plan's)")
@@ -172,6 +177,8 @@ def main() -> None:
     planner = get_planner(settings)
     steps = args.steps or profile.default_steps
     guidance = profile.default_guidance if args.guidance is None else args.guidance
+    interval = (profile.guidance_interval if args.guidance_interval is None
+                else tuple(float(v) for v in args.guidance_interval.split(",")))
     adapters_dir = args.adapters_dir or ADAPTERS_DIR
     classifiers_dir = args.classifiers_dir or CLASSIFIERS_DIR
     request_adapters = AdapterRequest([], directory=adapters_dir, directory_given=True)
@@ -217,7 +224,8 @@ def main() -> None:
             began = time.perf_counter()
             images = [g.image for g in generator.generate(prompt=plan.prompt, negative_prompt=negative_prompt,
                                                           seeds=list(range(args.n)), steps=steps, guidance=guidance,
-                                                          batch_size=16, scheduler=args.scheduler)]
+                                                          batch_size=16, scheduler=args.scheduler,
+                                                          guidance_interval=interval)]
             seconds = time.perf_counter() - began
             row = {"request": REQUESTS[name], "way": way, "adapters": [card.name for card, _ in entries],
                    "n": args.n, "images_per_s": round(args.n / seconds, 2), "vae_ceiling_agreement": ceiling}
@@ -231,7 +239,8 @@ def main() -> None:
                 contact_sheet(args.sheets / f"{modality}__{label}.png", images[:16], columns=8)
     generator.use_adapters([])
     report = {"machine": machine(), "generator": str(profile.generator), "adapters_dir": str(adapters_dir),
-              "steps": steps, "guidance": guidance, "scheduler": args.scheduler or "the generator's",
+              "steps": steps, "guidance": guidance, "guidance_interval": list(interval),
+              "scheduler": args.scheduler or "the generator's",
               "negative_prompt": "the plan's" if args.negative_prompt is None else args.negative_prompt,
               "classifiers_dir": str(classifiers_dir), "classes": results}
     if args.json:

@@ -409,6 +409,11 @@ class Generator:
         }
 
     @property
+    def guidance_interval(self) -> tuple[float, float]:
+        """The shares of the sampling steps that are guided (the profile's), for metadata."""
+        return self.profile.guidance_interval
+
+    @property
     def resolution(self) -> int:
         """Image side in pixels."""
         return self.profile.resolution
@@ -440,6 +445,7 @@ class Generator:
         batch_size: int = 4,
         callback: Callable[[int, int], None] | None = None,
         scheduler: str | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> list[GeneratedImage]:
         """Sample one image per seed, in the order of ``seeds``.
 
@@ -455,11 +461,16 @@ class Generator:
             batch_size: images per diffusion call, at least 1.
             callback: called as ``callback(done, total)`` after each batch.
             scheduler: sampler name for this and later calls (see :meth:`set_scheduler`); unchanged when ``None``.
+            guidance_interval: ``(start, end)`` shares of the steps, from the noisiest, that are guided
+                (:mod:`clinisynth.generation.guidance_interval`); the profile's when ``None``.
         """
         import torch
 
+        from clinisynth.generation.guidance_interval import FULL_INTERVAL, IntervalGuidance, check_interval
+
         _validate_request(prompt=prompt, negative_prompt=negative_prompt, seeds=seeds, steps=steps,
                           guidance=guidance, batch_size=batch_size)
+        interval = check_interval(self.profile.guidance_interval if guidance_interval is None else guidance_interval)
         if scheduler is not None:
             self.set_scheduler(scheduler)
         embeds, _ = self.encode([prompt, negative_prompt])
@@ -471,13 +482,20 @@ class Generator:
             batch = list(seeds[start:start + batch_size])
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in batch]
             began = time.perf_counter()
+            conditional, unconditional = (e.expand(len(batch), -1, -1) for e in (prompt_embeds, negative_embeds))
+            guidance_kwargs = {"guidance_scale": float(guidance)}
+            if guidance > 1 and interval != FULL_INTERVAL:
+                switch = IntervalGuidance(scale=guidance, interval=interval, prompt_embeds=conditional,
+                                          negative_prompt_embeds=unconditional)
+                guidance_kwargs = {"guidance_scale": switch.initial_scale(), "callback_on_step_end": switch,
+                                   "callback_on_step_end_tensor_inputs": switch.tensor_inputs}
             with torch.inference_mode():
                 output = self.pipeline(
-                    prompt_embeds=prompt_embeds.expand(len(batch), -1, -1),
-                    negative_prompt_embeds=negative_embeds.expand(len(batch), -1, -1),
+                    prompt_embeds=conditional,
+                    negative_prompt_embeds=unconditional,
                     num_inference_steps=steps,
-                    guidance_scale=float(guidance),
                     generator=generators,
+                    **guidance_kwargs,
                     height=side,
                     width=side,
                     output_type="pil",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clinisynth.generation.guidance_interval import FULL_INTERVAL, check_interval
+
 #: Every profile :func:`resolve_profile` knows, smallest first.
 PROFILE_NAMES = ("tiny", "demo", "full")
 
@@ -48,6 +50,8 @@ class ModelProfile:
         resolution: image side in pixels.
         default_steps: sampling steps when the caller gives none.
         default_guidance: classifier-free guidance scale when the caller gives none.
+        guidance_interval: ``(start, end)`` shares of the sampling steps, from the noisiest, in which guidance
+            applies (:mod:`clinisynth.generation.guidance_interval`); ``(0, 1)``: every step.
         max_length: token length prompts are padded / truncated to, identical at training and inference.
         description: one line for ``--help`` and the model card.
         how_to_supply: per model role (``text_encoder``, ``generator``), how a user makes it available.
@@ -63,6 +67,7 @@ class ModelProfile:
     tokenizer: str | None = None
     max_length: int = 128
     how_to_supply: dict[str, str] = field(default_factory=dict)
+    guidance_interval: tuple[float, float] = FULL_INTERVAL
 
     @property
     def tokenizer_source(self) -> str:
@@ -145,6 +150,21 @@ def generator_record(location: str) -> dict:
     except ValueError as error:
         raise ModelNotFoundError(f"{path} is not valid JSON ({error}); retrain or restore the generator") from error
     return record if isinstance(record, dict) else {}
+
+
+def _recorded_interval(record: dict, *, generator: str) -> tuple[float, float]:
+    """The generator record's ``default_guidance_interval`` (every step when it has none).
+
+    Raises:
+        ModelNotFoundError: the recorded value is not a valid interval (naming the record and the value).
+    """
+    if "default_guidance_interval" not in record:
+        return FULL_INTERVAL
+    try:
+        return check_interval(record["default_guidance_interval"], what="default_guidance_interval")
+    except ValueError as error:
+        raise ModelNotFoundError(f"{Path(generator).expanduser() / GENERATOR_RECORD}: {error}; fix the record or "
+                                 "retrain the generator") from None
 
 
 def trained_classes(record: dict) -> dict[str, list[str]]:
@@ -244,6 +264,7 @@ def resolve_profile(name: str, *, cache_dir: Path, overrides: dict | None = None
             resolution=int(trained.get("resolution", 64)),
             default_steps=int(trained.get("default_steps", 25)),
             default_guidance=float(trained.get("default_guidance", 3.0)),
+            guidance_interval=_recorded_interval(trained, generator=generator),
             max_length=int(trained.get("max_length", 128)),
             description="packaged all-MiniLM-L6-v2 text encoder + small SD-architecture generator trained by this "
             "project on shared/data; runs offline on a CPU",

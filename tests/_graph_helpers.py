@@ -33,6 +33,7 @@ class ScriptedGenerator:
     """Produces what ``script(round, seed)`` says: 'good', 'constant', 'noise' or 'same'."""
 
     model_ids = {"profile": "scripted", "generator": "scripted", "text_encoder": "none"}
+    guidance_interval = (0.0, 1.0)
 
     def __init__(self, script):
         self.script = script

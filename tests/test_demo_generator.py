@@ -5,6 +5,7 @@ modality agrees with what was asked, and its images are not copies of its traini
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,8 @@ def test_the_shipped_generator_says_what_it_was_trained_on():
     assert record["modalities"] == {"brain_mri": ["glioma", "meningioma", "normal", "pituitary_adenoma"],
                                     "chest_xray": ["normal", "pneumonia"]}
     assert record["resolution"] == 128 and record["caption_variants"] > 1
+    # The first 10 % of the steps unguided: measured in BENCHMARKS.md ("Guidance in a limited interval").
+    assert record["default_guidance_interval"] == [0.1, 1.0]
     vae = json.loads((DEMO_GENERATOR_DIR / "vae" / "config.json").read_text())
     assert len(vae["block_out_channels"]) == 4  # 8x down: 128 px -> 16 x 16 x 4 latents
     for credit in ("CC BY 4.0", "Kermany", "Nickparvar", "CC0"):
@@ -108,6 +111,8 @@ def test_a_demo_run_stores_verified_images(tmp_path, cache_dir):
     for row in rows:
         assert row["scores"]["classifier_label_probability"] >= 0.5
         assert str(DEMO_GENERATOR_DIR) in json.dumps(row)
+        assert row["guidance_interval"] == [0.1, 1.0]  # how it was sampled, as the generator records it
+    assert json.loads(Path(result.trace_path).read_text())["parameters"]["guidance_interval"] == [0.1, 1.0]
 
 
 @pytest.mark.parametrize("request_text, stored_as, adapter", [

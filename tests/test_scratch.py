@@ -135,7 +135,10 @@ def test_cli_refuses_bad_channels_and_caption_variants_before_writing(built, tmp
     for extra, expected in ((["--channels", "24,48"], "each a multiple of 16"),
                             (["--channels", "32,wide"], "comma-separated integers"),
                             (["--caption-variants", "-1"], "caption_variants must be 0"),
-                            (["--guidance", "0.5"], "guidance must be a number from 1 to 30")):
+                            (["--guidance", "0.5"], "guidance must be a number from 1 to 30"),
+                            (["--guidance-interval", "0.2"], "--guidance-interval must be a pair"),
+                            (["--guidance-interval", "0.2,late"], "--guidance-interval must be START,END"),
+                            (["--guidance-interval", "0.9,0.1"], "start 0.9 and end 0.1")):
         result = CliRunner().invoke(app, common + extra)
         assert result.exit_code == 2, result.output
         assert expected in result.output and "error:" in result.output
@@ -194,7 +197,7 @@ def test_init_unet_starts_from_a_saved_generator_and_refuses_another_shape(built
               "max_length": 32, "num_sample_seeds": 1, "sample_steps": 2, "log": lambda _: None}
     # A learning rate near 0: the saved weights stay those it started from, not a fresh random U-Net's.
     warm = train_scratch(output_dir=tmp_path / "warm_run", pipeline_dir=tmp_path / "warm", channels=(16, 32),
-                         init_unet=built["pipeline"], guidance=4.5, **common,
+                         init_unet=built["pipeline"], guidance=4.5, guidance_interval=(0.2, 1.0), **common,
                          settings_overrides={"max_steps": 1, "batch_size": 4, "validation_every": 0,
                                              "learning_rate": 1e-9, "ema_decay": None})
     before = UNet2DConditionModel.from_pretrained(str(built["pipeline"] / "unet")).state_dict()
@@ -206,6 +209,7 @@ def test_init_unet_starts_from_a_saved_generator_and_refuses_another_shape(built
                                                          .read_text())["metrics"]["seconds"]}
     assert "warm start: the U-Net began from" in (warm / "README.md").read_text()
     assert record["default_guidance"] == 4.5  # what runs use unless told otherwise
+    assert record["default_guidance_interval"] == [0.2, 1.0]
 
     with pytest.raises(ValueError, match=r"block_out_channels is \[16, 32\] there, \[32, 32\] here"):
         train_scratch(output_dir=tmp_path / "wide_run", pipeline_dir=tmp_path / "wide", channels=(32, 32),

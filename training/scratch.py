@@ -16,6 +16,7 @@ from typing import Callable
 
 from clinisynth.evaluation.memorisation import SHIPPED_INDEX_DIR, write_shipped_indexes
 from clinisynth.generation.files import staged_directory
+from clinisynth.generation.guidance_interval import check_interval
 from clinisynth.generation.profiles import GENERATOR_RECORD
 from clinisynth.training.checkpoints import load_checkpoint, resolve_resume, run_fingerprint
 from clinisynth.training.data import load_images, read_manifest, split_records
@@ -67,8 +68,8 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                   labels: list[str] | None = None, limit: int | None = None, knowledge=None,
                   caption_variants: int = 0, balance_classes: bool = False, data_attribution: str = "",
                   init_unet: Path | None = None, num_sample_seeds: int = 4, sample_steps: int = 25,
-                  guidance: float = 3.0, zero_terminal_snr: bool = False,
-                  log: Callable[[str], None] = print) -> Path:
+                  guidance: float = 3.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
+                  zero_terminal_snr: bool = False, log: Callable[[str], None] = print) -> Path:
     """Train a small U-Net from scratch and save a ``StableDiffusionPipeline`` folder; return its path.
 
     Args:
@@ -96,6 +97,9 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
         sample_steps, guidance: how validation images are sampled; both are written to the generator's record as
             its ``default_steps`` / ``default_guidance`` at inference (guidance at least 1: below it classifier-free
             guidance is off).
+        guidance_interval: ``(start, end)`` shares of the sampling steps, from the noisiest, that are guided
+            (:mod:`clinisynth.generation.guidance_interval`); used for the validation images and written to the
+            record as ``default_guidance_interval``.
         zero_terminal_snr: train and sample with :data:`ZERO_TERMINAL_SNR` (rescaled betas, v-prediction,
             trailing timesteps) instead of Stable Diffusion's schedule; for backgrounds and contrast the model
             otherwise cannot set. Saved in the scheduler config, so inference and adapters follow it.
@@ -113,6 +117,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 1 <= guidance <= 30:
         raise ValueError(f"guidance must be a number from 1 to 30 (below 1 classifier-free guidance is off), "
                          f"got {guidance!r}")
+    guidance_interval = check_interval(guidance_interval)
     if isinstance(caption_variants, bool) or not isinstance(caption_variants, int) or caption_variants < 0:
         raise ValueError(f"caption_variants must be 0 (the manifest text) or a positive number of wordings, "
                          f"got {caption_variants!r}")
@@ -185,6 +190,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
                                                  label=key.split("/", 1)[1]) for key in sample_prompts}
     profile = ModelProfile(name="scratch-validation", text_encoder=str(text_encoder), generator=str(out),
                            resolution=resolution, default_steps=sample_steps, default_guidance=guidance,
+                           guidance_interval=guidance_interval,
                            description="validation sampler", max_length=max_length)
 
     def build_pipeline(scheduler=None):
@@ -225,6 +231,7 @@ def train_scratch(*, dataset_dir: Path, output_dir: Path, vae_dir: Path, text_en
             "kind": "scratch", "modalities": classes, "text_encoder": _portable_name(text_encoder),
             "text_encoder_hidden_size": int(encoder.config.hidden_size), "max_length": max_length,
             "resolution": resolution, "default_steps": sample_steps, "default_guidance": guidance,
+            "default_guidance_interval": list(guidance_interval),
             "prompts": sample_prompts, "caption_variants": caption_variants,
             "balance_classes": balance_classes, "zero_terminal_snr": zero_terminal_snr,
             "data": {"dataset": str(Path(dataset_dir).resolve()), "train_images": len(train_records),

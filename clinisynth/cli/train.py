@@ -80,6 +80,16 @@ def _channels(value: str) -> tuple[int, ...]:
     return widths
 
 
+def _guidance_interval(value: str) -> tuple[float, float]:
+    from clinisynth.generation.guidance_interval import check_interval
+
+    try:
+        pair = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance-interval must be START,END such as 0.2,1, got {value!r}") from None
+    return check_interval(pair, what="--guidance-interval")
+
+
 def _knowledge_if_needed(dataset: Path):
     """The knowledge base, loaded only when some manifest row has no caption text."""
     import csv
@@ -205,6 +215,9 @@ def scratch(
     data_attribution: Annotated[str, typer.Option(help="dataset licence / citation for the model card")] = "",
     guidance: Annotated[float, typer.Option(
         help="classifier-free guidance of the validation samples, and the generator's default at inference")] = 3.0,
+    guidance_interval: Annotated[str, typer.Option(
+        help="START,END: shares of the sampling steps, from the noisiest, that are guided (validation samples, "
+        "and the generator's default at inference); 0,1 guides every step")] = "0,1",
     init_unet: Annotated[Optional[Path], typer.Option(
         help="start the U-Net from this generator folder's weights (same --channels / --vae), not random ones",
         parser=path_parser("--init-unet"))] = None,
@@ -238,7 +251,7 @@ def scratch(
             caption_variants=caption_variants, balance_classes=balance_classes,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
             data_attribution=data_attribution, init_unet=init_unet, guidance=guidance,
-            zero_terminal_snr=zero_terminal_snr, settings_overrides=overrides,
+            guidance_interval=_guidance_interval(guidance_interval), zero_terminal_snr=zero_terminal_snr, settings_overrides=overrides,
             log=typer.echo)
     typer.echo(str(path))
 
