@@ -309,7 +309,8 @@ def run_generation(
             "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "request": request,
             "parameters": {"n_images": n_images, "seed": seed, "steps": steps, "guidance": guidance,
-                           "guidance_interval": list(generator.guidance_interval), "max_rounds": max_rounds, "best_of": best_of, "profile": profile,
+                           "guidance_interval": list(generator.guidance_interval), "max_rounds": max_rounds,
+                           "best_of": best_of, "profile": profile,
                            "seed_requested": reservation.requested},
             "plan": planned.state.plan,
         }

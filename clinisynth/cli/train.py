@@ -251,7 +251,8 @@ def scratch(
             caption_variants=caption_variants, balance_classes=balance_classes,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
             data_attribution=data_attribution, init_unet=init_unet, guidance=guidance,
-            guidance_interval=_guidance_interval(guidance_interval), zero_terminal_snr=zero_terminal_snr, settings_overrides=overrides,
+            guidance_interval=_guidance_interval(guidance_interval), zero_terminal_snr=zero_terminal_snr,
+            settings_overrides=overrides,
             log=typer.echo)
     typer.echo(str(path))
 
