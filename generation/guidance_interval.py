@@ -3,7 +3,8 @@
 Guidance at the noisiest steps pulls every sample of a prompt towards one layout and contrast (the samples are
 less varied than real images, and a class is drawn as its caricature); at the last steps it only sharpens noise.
 Kynkäänniemi et al. (2024), "Applying guidance in a limited interval improves sample and distribution quality in
-diffusion models", keep it for the middle of the schedule only. A generator records its interval as
+diffusion models", keep it for the middle of the schedule. Ending it early cost the demo generator class
+agreement (BENCHMARKS.md), so it guides from 10 % of the steps to the end. A generator records its interval as
 ``default_guidance_interval`` (``[start, end]``, shares of the steps counted from the noisiest): step ``i`` of
 ``N`` is guided when ``start * N <= i < end * N``; the other steps use the conditional prediction alone, at the
 cost of one U-Net pass instead of two. ``[0, 1]`` is plain guidance at every step.
