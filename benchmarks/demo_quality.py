@@ -163,6 +163,7 @@ def main() -> None:
     from clinisynth.evaluation.classifier import load_classifier
     from clinisynth.evaluation.memorisation import DEFAULT_MEMORISATION_THRESHOLD, load_shipped_indexes
     from clinisynth.generation.adapters import AdapterRequest
+    from clinisynth.generation.guidance_interval import parse_interval
     from clinisynth.generation.pipeline import Generator
     from clinisynth.generation.plots import contact_sheet
     from clinisynth.generation.profiles import generator_record, resolve_profile, trained_classes
@@ -178,7 +179,7 @@ def main() -> None:
     steps = args.steps or profile.default_steps
     guidance = profile.default_guidance if args.guidance is None else args.guidance
     interval = (profile.guidance_interval if args.guidance_interval is None
-                else tuple(float(v) for v in args.guidance_interval.split(",")))
+                else parse_interval(args.guidance_interval, what="--guidance-interval"))
     adapters_dir = args.adapters_dir or ADAPTERS_DIR
     classifiers_dir = args.classifiers_dir or CLASSIFIERS_DIR
     request_adapters = AdapterRequest([], directory=adapters_dir, directory_given=True)

@@ -39,6 +39,19 @@ def check_interval(interval, *, what: str = "guidance_interval") -> tuple[float,
     return float(start), float(end)
 
 
+def parse_interval(text: str, *, what: str = "guidance_interval") -> tuple[float, float]:
+    """``"START,END"`` (a command-line value such as ``0.1,1``) as a checked ``(start, end)`` pair.
+
+    Raises:
+        ValueError: not two comma-separated numbers, or not a valid interval (:func:`check_interval`).
+    """
+    try:
+        pair = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{what} must be START,END such as 0.2,1, got {text!r}") from None
+    return check_interval(pair, what=what)
+
+
 def is_guided(interval: tuple[float, float], *, step: int, steps: int) -> bool:
     """Whether step ``step`` (0 = the noisiest) of ``steps`` is guided: ``start * steps <= step < end * steps``."""
     start, end = interval
@@ -94,4 +107,4 @@ class IntervalGuidance:
         return tensors
 
 
-__all__ = ["FULL_INTERVAL", "IntervalGuidance", "check_interval", "is_guided"]
+__all__ = ["FULL_INTERVAL", "IntervalGuidance", "check_interval", "is_guided", "parse_interval"]

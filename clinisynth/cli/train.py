@@ -80,16 +80,6 @@ def _channels(value: str) -> tuple[int, ...]:
     return widths
 
 
-def _guidance_interval(value: str) -> tuple[float, float]:
-    from clinisynth.generation.guidance_interval import check_interval
-
-    try:
-        pair = tuple(float(x) for x in value.split(","))
-    except ValueError:
-        raise ValueError(f"--guidance-interval must be START,END such as 0.2,1, got {value!r}") from None
-    return check_interval(pair, what="--guidance-interval")
-
-
 def _knowledge_if_needed(dataset: Path):
     """The knowledge base, loaded only when some manifest row has no caption text."""
     import csv
@@ -232,6 +222,7 @@ def scratch(
     _check_run_options(output=output, steps=steps, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
                        extra_outputs=((pipeline_dir, "--pipeline-dir"),))
     with _train_errors():
+        from clinisynth.generation.guidance_interval import parse_interval
         from clinisynth.generation.profiles import packaged_minilm_dir
         from clinisynth.knowledge import load_knowledge
         from clinisynth.settings import Settings
@@ -251,8 +242,8 @@ def scratch(
             caption_variants=caption_variants, balance_classes=balance_classes,
             knowledge=load_knowledge() if caption_variants else _knowledge_if_needed(data),
             data_attribution=data_attribution, init_unet=init_unet, guidance=guidance,
-            guidance_interval=_guidance_interval(guidance_interval), zero_terminal_snr=zero_terminal_snr,
-            settings_overrides=overrides,
+            guidance_interval=parse_interval(guidance_interval, what="--guidance-interval"),
+            zero_terminal_snr=zero_terminal_snr, settings_overrides=overrides,
             log=typer.echo)
     typer.echo(str(path))
 
